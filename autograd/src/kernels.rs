@@ -1,0 +1,602 @@
+//! Raw tensor kernels, no autodiff: broadcasting elementwise maps, reductions,
+//! copies between layouts, and matmul through `matrixmultiply`.
+//!
+//! Determinism rule (issue 2): every output element is computed by exactly one
+//! task, and every sum runs in an order fixed by the shapes alone. Work is
+//! split into blocks whose boundaries do not depend on the number of rayon
+//! threads, so results are bit-identical with 1 or N threads.
+
+use rayon::prelude::*;
+
+use crate::tensor::{numel, strides};
+use crate::{Float, Tensor};
+
+/// Below this many output elements a kernel runs on the calling thread:
+/// spawning rayon tasks costs more than it saves.
+const PAR_MIN: usize = 1 << 15;
+/// Fixed block for `sum_all`; partial sums are added in block order.
+const SUM_BLOCK: usize = 1 << 14;
+/// Fixed row block when one large 2-D matmul is split across threads.
+const GEMM_ROW_BLOCK: usize = 64;
+/// Below this many multiply-adds a matmul runs as one `gemm` call.
+const GEMM_PAR_MIN_FLOPS: usize = 1 << 21;
+
+/// NumPy broadcasting of two shapes; panics naming `op` and both shapes.
+pub fn broadcast_shapes(a: &[usize], b: &[usize], op: &str) -> Vec<usize> {
+    let n = a.len().max(b.len());
+    let mut out = vec![0; n];
+    for i in 0..n {
+        let da = if i + a.len() >= n {
+            a[i + a.len() - n]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= n {
+            b[i + b.len() - n]
+        } else {
+            1
+        };
+        out[i] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => panic!("{op}: shapes {a:?} and {b:?} cannot be broadcast together"),
+        };
+    }
+    out
+}
+
+/// Strides to read a tensor of shape `s` as if broadcast to `out` (0 on
+/// broadcast axes). `s` must broadcast to `out`.
+fn broadcast_strides(s: &[usize], out: &[usize]) -> Vec<usize> {
+    let st = strides(s);
+    let lead = out.len() - s.len();
+    (0..out.len())
+        .map(|i| {
+            if i < lead || s[i - lead] == 1 {
+                0
+            } else {
+                st[i - lead]
+            }
+        })
+        .collect()
+}
+
+/// Offset of the start of row `row` (all axes but the last) under `st`.
+#[inline]
+fn row_offset(mut row: usize, shape: &[usize], st: &[usize]) -> usize {
+    let mut off = 0;
+    for ax in (0..shape.len().saturating_sub(1)).rev() {
+        off += (row % shape[ax]) * st[ax];
+        row /= shape[ax];
+    }
+    off
+}
+
+/// Runs `f(row_index, row)` over the rows (last axis) of `out`, in parallel
+/// when large. Each row is written by exactly one task.
+fn for_rows<T: Float>(out: &mut [T], inner: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    if inner == 0 {
+        return;
+    }
+    if out.len() >= PAR_MIN {
+        let rows_per = (PAR_MIN / inner).max(1);
+        out.par_chunks_mut(rows_per * inner)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                for (r, row) in chunk.chunks_mut(inner).enumerate() {
+                    f(c * rows_per + r, row);
+                }
+            });
+    } else {
+        for (r, row) in out.chunks_mut(inner).enumerate() {
+            f(r, row);
+        }
+    }
+}
+
+impl<T: Float> Tensor<T> {
+    /// Elementwise `f(x)`.
+    pub fn map(&self, f: impl Fn(T) -> T + Sync + Send) -> Tensor<T> {
+        let x = self.data();
+        let mut out = vec![T::ZERO; x.len()];
+        let inner = self.shape().last().copied().unwrap_or(1).max(1);
+        for_rows(&mut out, inner, |r, row| {
+            let xs = &x[r * inner..(r + 1) * inner];
+            for (o, &v) in row.iter_mut().zip(xs) {
+                *o = f(v);
+            }
+        });
+        Tensor::from_vec(out, self.shape())
+    }
+
+    /// Elementwise `f(a, b)` with NumPy broadcasting; `op` names the caller
+    /// in the panic message when the shapes do not broadcast.
+    pub fn zip_map(
+        &self,
+        other: &Tensor<T>,
+        op: &str,
+        f: impl Fn(T, T) -> T + Sync + Send,
+    ) -> Tensor<T> {
+        let (a, b) = (self.data(), other.data());
+        if self.shape() == other.shape() {
+            let mut out = vec![T::ZERO; a.len()];
+            let inner = self.shape().last().copied().unwrap_or(1).max(1);
+            for_rows(&mut out, inner, |r, row| {
+                let s = r * inner;
+                for ((o, &x), &y) in row.iter_mut().zip(&a[s..s + inner]).zip(&b[s..s + inner]) {
+                    *o = f(x, y);
+                }
+            });
+            return Tensor::from_vec(out, self.shape());
+        }
+        let shape = broadcast_shapes(self.shape(), other.shape(), op);
+        let (sa, sb) = (
+            broadcast_strides(self.shape(), &shape),
+            broadcast_strides(other.shape(), &shape),
+        );
+        let inner = shape.last().copied().unwrap_or(1);
+        let (ia, ib) = (
+            sa.last().copied().unwrap_or(0),
+            sb.last().copied().unwrap_or(0),
+        );
+        let mut out = vec![T::ZERO; numel(&shape)];
+        for_rows(&mut out, inner, |r, row| {
+            let (oa, ob) = (row_offset(r, &shape, &sa), row_offset(r, &shape, &sb));
+            for (j, o) in row.iter_mut().enumerate() {
+                *o = f(a[oa + j * ia], b[ob + j * ib]);
+            }
+        });
+        Tensor::from_vec(out, &shape)
+    }
+
+    /// Copies this tensor broadcast to `shape`.
+    pub fn broadcast_to(&self, shape: &[usize]) -> Tensor<T> {
+        if self.shape() == shape {
+            return self.clone();
+        }
+        let target = broadcast_shapes(self.shape(), shape, "broadcast_to");
+        assert!(
+            target == shape,
+            "broadcast_to: shape {:?} cannot be broadcast to {:?}",
+            self.shape(),
+            shape
+        );
+        self.zip_map(&Tensor::zeros(shape), "broadcast_to", |x, _| x)
+    }
+
+    /// Sums a (broadcast) gradient back down to `shape`: the adjoint of
+    /// broadcasting. Each output element is summed in increasing input order.
+    pub fn sum_to_shape(&self, shape: &[usize]) -> Tensor<T> {
+        if self.shape() == shape {
+            return self.clone();
+        }
+        assert!(
+            broadcast_shapes(shape, self.shape(), "sum_to_shape") == self.shape(),
+            "sum_to_shape: {:?} does not broadcast to {:?}",
+            shape,
+            self.shape()
+        );
+        let mut out = vec![T::ZERO; numel(shape)];
+        let x = self.data();
+        let lead = self.ndim() - shape.len();
+        // Fast path: only leading axes were broadcast (a bias of shape (D)
+        // against (B, T, D)): add whole rows, in row order.
+        if shape == &self.shape()[lead..] && !out.is_empty() {
+            let n = out.len();
+            for chunk in x.chunks(n) {
+                for (o, &v) in out.iter_mut().zip(chunk) {
+                    *o += v;
+                }
+            }
+            return Tensor::from_vec(out, shape);
+        }
+        let st = broadcast_strides(shape, self.shape());
+        let inner = self.shape().last().copied().unwrap_or(1);
+        let is = st.last().copied().unwrap_or(0);
+        for (r, row) in x.chunks(inner.max(1)).enumerate() {
+            let o = row_offset(r, self.shape(), &st);
+            for (j, &v) in row.iter().enumerate() {
+                out[o + j * is] += v;
+            }
+        }
+        Tensor::from_vec(out, shape)
+    }
+
+    /// In-place `self += other` (same shape); used to accumulate gradients.
+    pub fn add_assign(&mut self, other: &Tensor<T>) {
+        assert!(
+            self.shape() == other.shape(),
+            "add_assign: shapes {:?} and {:?} differ",
+            self.shape(),
+            other.shape()
+        );
+        for (a, &b) in self.data_mut().iter_mut().zip(other.data()) {
+            *a += b;
+        }
+    }
+
+    /// (outer, n, inner) view of the shape around `axis`.
+    fn split_at_axis(&self, axis: usize) -> (usize, usize, usize) {
+        let s = self.shape();
+        (numel(&s[..axis]), s[axis], numel(&s[axis + 1..]))
+    }
+
+    fn reduced_shape(&self, axis: usize, keepdim: bool) -> Vec<usize> {
+        let mut s = self.shape().to_vec();
+        if keepdim {
+            s[axis] = 1;
+        } else {
+            s.remove(axis);
+        }
+        s
+    }
+
+    /// Sum over one axis (negative counts from the end).
+    pub fn sum_axis(&self, axis: isize, keepdim: bool) -> Tensor<T> {
+        let ax = self.axis(axis, "sum");
+        let (outer, n, inner) = self.split_at_axis(ax);
+        let x = self.data();
+        let mut out = vec![T::ZERO; outer * inner];
+        let body = |o: usize, row: &mut [T]| {
+            for j in 0..n {
+                let s = (o * n + j) * inner;
+                for (acc, &v) in row.iter_mut().zip(&x[s..s + inner]) {
+                    *acc += v;
+                }
+            }
+        };
+        if x.len() >= PAR_MIN && inner > 0 {
+            out.par_chunks_mut(inner)
+                .enumerate()
+                .for_each(|(o, row)| body(o, row));
+        } else if inner > 0 {
+            out.chunks_mut(inner)
+                .enumerate()
+                .for_each(|(o, row)| body(o, row));
+        }
+        Tensor::from_vec(out, &self.reduced_shape(ax, keepdim))
+    }
+
+    /// Maximum over one axis and the index of the first maximum.
+    pub fn max_axis(&self, axis: isize, keepdim: bool) -> (Tensor<T>, Vec<usize>) {
+        let ax = self.axis(axis, "max");
+        let (outer, n, inner) = self.split_at_axis(ax);
+        assert!(
+            n > 0,
+            "max: axis {axis} of shape {:?} is empty",
+            self.shape()
+        );
+        let x = self.data();
+        let mut out = vec![T::ZERO; outer * inner];
+        let mut arg = vec![0usize; outer * inner];
+        for o in 0..outer {
+            for i in 0..inner {
+                let (mut best, mut bi) = (x[o * n * inner + i], 0);
+                for j in 1..n {
+                    let v = x[(o * n + j) * inner + i];
+                    if v > best {
+                        best = v;
+                        bi = j;
+                    }
+                }
+                out[o * inner + i] = best;
+                arg[o * inner + i] = bi;
+            }
+        }
+        (Tensor::from_vec(out, &self.reduced_shape(ax, keepdim)), arg)
+    }
+
+    /// Sum of all elements as a scalar tensor. Blocks of fixed size are summed
+    /// (in parallel), then the partial sums are added in block order.
+    pub fn sum_all(&self) -> Tensor<T> {
+        let x = self.data();
+        let partial: Vec<T> = if x.len() >= PAR_MIN {
+            x.par_chunks(SUM_BLOCK)
+                .map(|c| c.iter().copied().sum())
+                .collect()
+        } else {
+            x.chunks(SUM_BLOCK)
+                .map(|c| c.iter().copied().sum())
+                .collect()
+        };
+        Tensor::scalar(partial.into_iter().sum())
+    }
+
+    /// Axes reordered: output axis `i` is input axis `perm[i]`.
+    pub fn permute(&self, perm: &[usize]) -> Tensor<T> {
+        let nd = self.ndim();
+        let mut seen = vec![false; nd];
+        assert!(
+            perm.len() == nd
+                && perm
+                    .iter()
+                    .all(|&p| p < nd && !std::mem::replace(&mut seen[p], true)),
+            "permute: {perm:?} is not a permutation of the axes of shape {:?}",
+            self.shape()
+        );
+        if perm.iter().enumerate().all(|(i, &p)| i == p) {
+            return self.clone();
+        }
+        let in_st = strides(self.shape());
+        let shape: Vec<usize> = perm.iter().map(|&p| self.shape()[p]).collect();
+        let st: Vec<usize> = perm.iter().map(|&p| in_st[p]).collect();
+        let inner = shape.last().copied().unwrap_or(1);
+        let is = st.last().copied().unwrap_or(0);
+        let x = self.data();
+        let mut out = vec![T::ZERO; x.len()];
+        for_rows(&mut out, inner, |r, row| {
+            let o = row_offset(r, &shape, &st);
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = x[o + j * is];
+            }
+        });
+        Tensor::from_vec(out, &shape)
+    }
+
+    /// `len` entries of `axis` starting at `start` (a copy).
+    pub fn narrow(&self, axis: isize, start: usize, len: usize) -> Tensor<T> {
+        let ax = self.axis(axis, "narrow");
+        let (outer, n, inner) = self.split_at_axis(ax);
+        assert!(
+            start + len <= n,
+            "narrow: range {start}..{} out of bounds for axis {ax} of shape {:?}",
+            start + len,
+            self.shape()
+        );
+        let x = self.data();
+        let mut out = Vec::with_capacity(outer * len * inner);
+        for o in 0..outer {
+            let s = (o * n + start) * inner;
+            out.extend_from_slice(&x[s..s + len * inner]);
+        }
+        let mut shape = self.shape().to_vec();
+        shape[ax] = len;
+        Tensor::from_vec(out, &shape)
+    }
+
+    /// Joins tensors along `axis`; all other axes must agree.
+    pub fn concat(parts: &[&Tensor<T>], axis: isize) -> Tensor<T> {
+        assert!(!parts.is_empty(), "concat: no tensors given");
+        let first = parts[0];
+        let ax = first.axis(axis, "concat");
+        for p in parts {
+            let ok = p.ndim() == first.ndim()
+                && p.shape()
+                    .iter()
+                    .zip(first.shape())
+                    .enumerate()
+                    .all(|(i, (a, b))| i == ax || a == b);
+            assert!(
+                ok,
+                "concat: shapes {:?} and {:?} differ outside axis {ax}",
+                first.shape(),
+                p.shape()
+            );
+        }
+        let outer = numel(&first.shape()[..ax]);
+        let inner = numel(&first.shape()[ax + 1..]);
+        let total: usize = parts.iter().map(|p| p.shape()[ax]).sum();
+        let mut out = Vec::with_capacity(outer * total * inner);
+        for o in 0..outer {
+            for p in parts {
+                let blk = p.shape()[ax] * inner;
+                out.extend_from_slice(&p.data()[o * blk..(o + 1) * blk]);
+            }
+        }
+        let mut shape = first.shape().to_vec();
+        shape[ax] = total;
+        Tensor::from_vec(out, &shape)
+    }
+
+    /// Batched matrix product `op(A) op(B)` where `op` transposes the last two
+    /// axes when asked. Batch axes broadcast. Transposes are strides handed to
+    /// `gemm`, never copies.
+    pub fn matmul_ex(
+        &self,
+        other: &Tensor<T>,
+        trans_a: bool,
+        trans_b: bool,
+        op: &str,
+    ) -> Tensor<T> {
+        let (a, b) = (self, other);
+        assert!(
+            a.ndim() >= 2 && b.ndim() >= 2,
+            "{op}: operands need at least 2 axes, got shapes {:?} and {:?}",
+            a.shape(),
+            b.shape()
+        );
+        let (ar, ac) = (a.shape()[a.ndim() - 2], a.shape()[a.ndim() - 1]);
+        let (br, bc) = (b.shape()[b.ndim() - 2], b.shape()[b.ndim() - 1]);
+        let (m, k) = if trans_a { (ac, ar) } else { (ar, ac) };
+        let (k2, n) = if trans_b { (bc, br) } else { (br, bc) };
+        assert!(
+            k == k2,
+            "{op}: inner dimensions differ: shapes {:?} and {:?}",
+            a.shape(),
+            b.shape()
+        );
+        let (ba, bb) = (&a.shape()[..a.ndim() - 2], &b.shape()[..b.ndim() - 2]);
+        let batch = broadcast_shapes(ba, bb, op);
+        let nb = numel(&batch);
+        let mut shape = batch.clone();
+        shape.extend([m, n]);
+        // Logical strides of op(A) and op(B) inside one matrix.
+        let (rsa, csa) = if trans_a { (1, ac) } else { (ac, 1) };
+        let (rsb, csb) = if trans_b { (1, bc) } else { (bc, 1) };
+        let mut out = vec![T::ZERO; nb * m * n];
+        if m == 0 || n == 0 {
+            return Tensor::from_vec(out, &shape);
+        }
+        // A stack of matrices times one matrix: one tall gemm.
+        if bb.is_empty() && !trans_a {
+            gemm_rows(
+                numel(ba) * m,
+                k,
+                n,
+                a.data(),
+                rsa,
+                csa,
+                b.data(),
+                rsb,
+                csb,
+                &mut out,
+            );
+            return Tensor::from_vec(out, &shape);
+        }
+        let (sa, sb) = (broadcast_strides(ba, &batch), broadcast_strides(bb, &batch));
+        let (ma, mb) = (ar * ac, br * bc);
+        let offset = |i: usize, st: &[usize]| -> usize {
+            let (mut i, mut off) = (i, 0);
+            for ax in (0..batch.len()).rev() {
+                off += (i % batch[ax]) * st[ax];
+                i /= batch[ax];
+            }
+            off
+        };
+        let one = |i: usize, c: &mut [T]| {
+            let pa = &a.data()[offset(i, &sa) * ma..];
+            let pb = &b.data()[offset(i, &sb) * mb..];
+            gemm_rows(m, k, n, pa, rsa, csa, pb, rsb, csb, c);
+        };
+        if nb > 1 && nb * m * n * k >= GEMM_PAR_MIN_FLOPS {
+            out.par_chunks_mut(m * n)
+                .enumerate()
+                .for_each(|(i, c)| one(i, c));
+        } else {
+            out.chunks_mut(m * n)
+                .enumerate()
+                .for_each(|(i, c)| one(i, c));
+        }
+        Tensor::from_vec(out, &shape)
+    }
+
+    /// Plain `A B` for the last two axes (batch axes broadcast).
+    pub fn matmul(&self, other: &Tensor<T>) -> Tensor<T> {
+        self.matmul_ex(other, false, false, "matmul")
+    }
+}
+
+/// `C (m x n) = A (m x k) B (k x n)` with arbitrary strides for A and B and a
+/// contiguous C. Large products are split into fixed blocks of rows, run in
+/// parallel; each row block is an independent `gemm`, so the arithmetic of
+/// every element is the same whatever the thread count.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_rows<T: Float>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[T],
+    rsa: usize,
+    csa: usize,
+    b: &[T],
+    rsb: usize,
+    csb: usize,
+    c: &mut [T],
+) {
+    debug_assert!(c.len() >= m * n);
+    // Bounds: the last element of A and B that gemm will read.
+    if m == 0 || k == 0 || n == 0 {
+        c[..m * n].fill(T::ZERO);
+        return;
+    }
+    {
+        assert!((m - 1) * rsa + (k - 1) * csa < a.len(), "gemm: A too short");
+        assert!((k - 1) * rsb + (n - 1) * csb < b.len(), "gemm: B too short");
+    }
+    let run = |r0: usize, rows: usize, c: &mut [T]| {
+        // SAFETY: the asserts above bound every read of A and B; C is a
+        // distinct, exclusively borrowed slice of rows * n elements.
+        unsafe {
+            T::gemm(
+                rows,
+                k,
+                n,
+                T::ONE,
+                a.as_ptr().add(r0 * rsa),
+                rsa as isize,
+                csa as isize,
+                b.as_ptr(),
+                rsb as isize,
+                csb as isize,
+                T::ZERO,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            )
+        }
+    };
+    if m > GEMM_ROW_BLOCK && m * n * k >= GEMM_PAR_MIN_FLOPS {
+        c[..m * n]
+            .par_chunks_mut(GEMM_ROW_BLOCK * n)
+            .enumerate()
+            .for_each(|(i, cb)| run(i * GEMM_ROW_BLOCK, cb.len() / n, cb));
+    } else {
+        run(0, m, &mut c[..m * n]);
+    }
+}
+
+impl<T: Float> Tensor<T> {
+    /// Elementwise `f(a, b, c)` over three tensors of one shape (used by
+    /// backward passes: `g * f'(x, y)` in one pass, no temporaries).
+    pub fn map3(
+        &self,
+        b: &Tensor<T>,
+        c: &Tensor<T>,
+        op: &str,
+        f: impl Fn(T, T, T) -> T + Sync + Send,
+    ) -> Tensor<T> {
+        assert!(
+            self.shape() == b.shape() && b.shape() == c.shape(),
+            "{op}: shapes {:?}, {:?} and {:?} differ",
+            self.shape(),
+            b.shape(),
+            c.shape()
+        );
+        let (x, y, z) = (self.data(), b.data(), c.data());
+        let mut out = vec![T::ZERO; x.len()];
+        let inner = self.shape().last().copied().unwrap_or(1).max(1);
+        for_rows(&mut out, inner, |r, row| {
+            let s = r * inner;
+            for (j, o) in row.iter_mut().enumerate() {
+                *o = f(x[s + j], y[s + j], z[s + j]);
+            }
+        });
+        Tensor::from_vec(out, self.shape())
+    }
+
+    /// Runs `f(row_in, row_out)` over the rows of the last axis, writing a
+    /// tensor of the same shape (rows in parallel when large).
+    pub fn map_rows(&self, f: impl Fn(&[T], &mut [T]) + Sync + Send) -> Tensor<T> {
+        let x = self.data();
+        let inner = self.shape().last().copied().unwrap_or(1);
+        let mut out = vec![T::ZERO; x.len()];
+        for_rows(&mut out, inner, |r, row| {
+            f(&x[r * inner..(r + 1) * inner], row)
+        });
+        Tensor::from_vec(out, self.shape())
+    }
+
+    /// Like [`Tensor::map_rows`] over two tensors of one shape.
+    pub fn zip_rows(
+        &self,
+        b: &Tensor<T>,
+        op: &str,
+        f: impl Fn(&[T], &[T], &mut [T]) + Sync + Send,
+    ) -> Tensor<T> {
+        assert!(
+            self.shape() == b.shape(),
+            "{op}: shapes {:?} and {:?} differ",
+            self.shape(),
+            b.shape()
+        );
+        let (x, y) = (self.data(), b.data());
+        let inner = self.shape().last().copied().unwrap_or(1);
+        let mut out = vec![T::ZERO; x.len()];
+        for_rows(&mut out, inner, |r, row| {
+            let s = r * inner..(r + 1) * inner;
+            f(&x[s.clone()], &y[s], row)
+        });
+        Tensor::from_vec(out, self.shape())
+    }
+}

@@ -1,0 +1,285 @@
+//! Elementwise ops: arithmetic with NumPy broadcasting, scalar arithmetic and
+//! pointwise functions. The adjoint of broadcasting is a sum over the
+//! broadcast axes ([`Tensor::sum_to_shape`]).
+
+use std::ops::{Add, Div, Mul, Neg, Sub};
+
+use crate::{Float, Tensor, Var};
+
+pub const OPS: &[&str] = &[
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "neg",
+    "add_scalar",
+    "mul_scalar",
+    "pow_scalar",
+    "exp",
+    "log",
+    "sqrt",
+    "relu",
+    "gelu",
+    "tanh",
+    "sigmoid",
+];
+
+/// sqrt(2 / pi), the constant of GELU's tanh approximation (Hendrycks & Gimpel 2016).
+const GELU_C: f64 = 0.797_884_560_802_865_4;
+const GELU_A: f64 = 0.044_715;
+
+impl<'t, T: Float> Var<'t, T> {
+    /// A pointwise op `y = f(x)` whose derivative is `df(x, y)`.
+    fn pointwise(
+        self,
+        op: &'static str,
+        f: impl Fn(T) -> T + Sync + Send,
+        df: impl Fn(T, T) -> T + Sync + Send + 'static,
+    ) -> Var<'t, T> {
+        let x = self.value();
+        let y = x.map(f);
+        let saved = y.clone();
+        self.tape().record(op, y, &[self], move |g, _| {
+            vec![Some(g.map3(&x, &saved, op, |g, x, y| g * df(x, y)))]
+        })
+    }
+
+    /// `a + b` with broadcasting.
+    pub fn add(self, other: Var<'t, T>) -> Var<'t, T> {
+        let (a, b) = (self.value(), other.value());
+        let out = a.zip_map(&b, "add", |x, y| x + y);
+        let (sa, sb) = (a.shape().to_vec(), b.shape().to_vec());
+        self.tape()
+            .record("add", out, &[self, other], move |g, need| {
+                vec![
+                    need[0].then(|| g.sum_to_shape(&sa)),
+                    need[1].then(|| g.sum_to_shape(&sb)),
+                ]
+            })
+    }
+
+    /// `a - b` with broadcasting.
+    pub fn sub(self, other: Var<'t, T>) -> Var<'t, T> {
+        let (a, b) = (self.value(), other.value());
+        let out = a.zip_map(&b, "sub", |x, y| x - y);
+        let (sa, sb) = (a.shape().to_vec(), b.shape().to_vec());
+        self.tape()
+            .record("sub", out, &[self, other], move |g, need| {
+                vec![
+                    need[0].then(|| g.sum_to_shape(&sa)),
+                    need[1].then(|| g.map(|v| -v).sum_to_shape(&sb)),
+                ]
+            })
+    }
+
+    /// `a * b` elementwise with broadcasting.
+    pub fn mul(self, other: Var<'t, T>) -> Var<'t, T> {
+        let (a, b) = (self.value(), other.value());
+        let out = a.zip_map(&b, "mul", |x, y| x * y);
+        self.tape()
+            .record("mul", out, &[self, other], move |g, need| {
+                vec![
+                    need[0].then(|| g.zip_map(&b, "mul", |g, y| g * y).sum_to_shape(a.shape())),
+                    need[1].then(|| g.zip_map(&a, "mul", |g, x| g * x).sum_to_shape(b.shape())),
+                ]
+            })
+    }
+
+    /// `a / b` elementwise with broadcasting.
+    pub fn div(self, other: Var<'t, T>) -> Var<'t, T> {
+        let (a, b) = (self.value(), other.value());
+        let out = a.zip_map(&b, "div", |x, y| x / y);
+        self.tape()
+            .record("div", out, &[self, other], move |g, need| {
+                vec![
+                    need[0].then(|| g.zip_map(&b, "div", |g, y| g / y).sum_to_shape(a.shape())),
+                    need[1].then(|| {
+                        g.zip_map(&a, "div", |g, x| g * x)
+                            .zip_map(&b, "div", |gx, y| -gx / (y * y))
+                            .sum_to_shape(b.shape())
+                    }),
+                ]
+            })
+    }
+
+    pub fn neg(self) -> Var<'t, T> {
+        let out = self.value().map(|x| -x);
+        self.tape()
+            .record("neg", out, &[self], |g, _| vec![Some(g.map(|v| -v))])
+    }
+
+    /// `x + c`.
+    pub fn add_scalar(self, c: T) -> Var<'t, T> {
+        let out = self.value().map(|x| x + c);
+        self.tape()
+            .record("add_scalar", out, &[self], |g, _| vec![Some(g.clone())])
+    }
+
+    /// `x * c`.
+    pub fn mul_scalar(self, c: T) -> Var<'t, T> {
+        let out = self.value().map(|x| x * c);
+        self.tape().record("mul_scalar", out, &[self], move |g, _| {
+            vec![Some(g.map(|v| v * c))]
+        })
+    }
+
+    /// `x^p` for a constant exponent `p` (x > 0 unless p is an integer).
+    pub fn pow_scalar(self, p: T) -> Var<'t, T> {
+        self.pointwise(
+            "pow_scalar",
+            move |x| x.powf(p),
+            move |x, _| p * x.powf(p - T::ONE),
+        )
+    }
+
+    pub fn exp(self) -> Var<'t, T> {
+        self.pointwise("exp", |x| x.exp(), |_, y| y)
+    }
+
+    /// Natural logarithm.
+    pub fn log(self) -> Var<'t, T> {
+        self.pointwise("log", |x| x.ln(), |x, _| T::ONE / x)
+    }
+
+    pub fn sqrt(self) -> Var<'t, T> {
+        self.pointwise("sqrt", |x| x.sqrt(), |_, y| T::from_f64(0.5) / y)
+    }
+
+    /// `max(x, 0)`; the derivative at 0 is taken as 0.
+    pub fn relu(self) -> Var<'t, T> {
+        self.pointwise(
+            "relu",
+            |x| if x > T::ZERO { x } else { T::ZERO },
+            |x, _| if x > T::ZERO { T::ONE } else { T::ZERO },
+        )
+    }
+
+    /// GELU, tanh approximation: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+    pub fn gelu(self) -> Var<'t, T> {
+        let (c, a) = (T::from_f64(GELU_C), T::from_f64(GELU_A));
+        let half = T::from_f64(0.5);
+        self.pointwise(
+            "gelu",
+            move |x| half * x * (T::ONE + (c * (x + a * x * x * x)).tanh()),
+            move |x, _| {
+                let t = (c * (x + a * x * x * x)).tanh();
+                let du = c * (T::ONE + T::from_f64(3.0) * a * x * x);
+                half * (T::ONE + t) + half * x * (T::ONE - t * t) * du
+            },
+        )
+    }
+
+    pub fn tanh(self) -> Var<'t, T> {
+        self.pointwise("tanh", |x| x.tanh(), |_, y| T::ONE - y * y)
+    }
+
+    /// `1 / (1 + e^-x)`, computed without overflow for large |x|.
+    pub fn sigmoid(self) -> Var<'t, T> {
+        self.pointwise(
+            "sigmoid",
+            |x| {
+                if x >= T::ZERO {
+                    T::ONE / (T::ONE + (-x).exp())
+                } else {
+                    let e = x.exp();
+                    e / (T::ONE + e)
+                }
+            },
+            |_, y| y * (T::ONE - y),
+        )
+    }
+}
+
+// `std::ops` overloads so model code reads like maths.
+impl<'t, T: Float> Add for Var<'t, T> {
+    type Output = Var<'t, T>;
+    fn add(self, rhs: Self) -> Self::Output {
+        Var::add(self, rhs)
+    }
+}
+impl<'t, T: Float> Sub for Var<'t, T> {
+    type Output = Var<'t, T>;
+    fn sub(self, rhs: Self) -> Self::Output {
+        Var::sub(self, rhs)
+    }
+}
+impl<'t, T: Float> Mul for Var<'t, T> {
+    type Output = Var<'t, T>;
+    fn mul(self, rhs: Self) -> Self::Output {
+        Var::mul(self, rhs)
+    }
+}
+impl<'t, T: Float> Div for Var<'t, T> {
+    type Output = Var<'t, T>;
+    fn div(self, rhs: Self) -> Self::Output {
+        Var::div(self, rhs)
+    }
+}
+impl<'t, T: Float> Neg for Var<'t, T> {
+    type Output = Var<'t, T>;
+    fn neg(self) -> Self::Output {
+        Var::neg(self)
+    }
+}
+impl<'t, T: Float> Add<T> for Var<'t, T> {
+    type Output = Var<'t, T>;
+    fn add(self, c: T) -> Self::Output {
+        self.add_scalar(c)
+    }
+}
+impl<'t, T: Float> Sub<T> for Var<'t, T> {
+    type Output = Var<'t, T>;
+    fn sub(self, c: T) -> Self::Output {
+        self.add_scalar(-c)
+    }
+}
+impl<'t, T: Float> Mul<T> for Var<'t, T> {
+    type Output = Var<'t, T>;
+    fn mul(self, c: T) -> Self::Output {
+        self.mul_scalar(c)
+    }
+}
+impl<'t, T: Float> Div<T> for Var<'t, T> {
+    type Output = Var<'t, T>;
+    fn div(self, c: T) -> Self::Output {
+        self.mul_scalar(T::ONE / c)
+    }
+}
+
+macro_rules! scalar_lhs {
+    ($t:ty) => {
+        impl<'t> Add<Var<'t, $t>> for $t {
+            type Output = Var<'t, $t>;
+            fn add(self, v: Var<'t, $t>) -> Self::Output {
+                v.add_scalar(self)
+            }
+        }
+        impl<'t> Sub<Var<'t, $t>> for $t {
+            type Output = Var<'t, $t>;
+            fn sub(self, v: Var<'t, $t>) -> Self::Output {
+                v.neg().add_scalar(self)
+            }
+        }
+        impl<'t> Mul<Var<'t, $t>> for $t {
+            type Output = Var<'t, $t>;
+            fn mul(self, v: Var<'t, $t>) -> Self::Output {
+                v.mul_scalar(self)
+            }
+        }
+        impl<'t> Div<Var<'t, $t>> for $t {
+            type Output = Var<'t, $t>;
+            fn div(self, v: Var<'t, $t>) -> Self::Output {
+                v.pow_scalar(-1.0).mul_scalar(self)
+            }
+        }
+    };
+}
+scalar_lhs!(f32);
+scalar_lhs!(f64);
+
+impl<T: Float> Tensor<T> {
+    /// `self * c`, elementwise (no tape).
+    pub fn scale(&self, c: T) -> Tensor<T> {
+        self.map(|x| x * c)
+    }
+}

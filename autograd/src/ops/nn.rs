@@ -1,0 +1,351 @@
+//! Neural-network ops, fused with hand-written backward passes: softmax,
+//! log_softmax, layer_norm, embedding, masked_fill, dropout and
+//! cross-entropy with label smoothing. Each is checked against its
+//! composition from primitives in the test suite.
+
+use rand::RngExt;
+
+use crate::tensor::numel;
+use crate::{Float, Tensor, Var};
+
+pub const OPS: &[&str] = &[
+    "softmax",
+    "log_softmax",
+    "layer_norm",
+    "embedding",
+    "masked_fill",
+    "dropout",
+    "cross_entropy",
+];
+
+/// Row max, or `None` when the row is empty or entirely `-inf` (fully masked).
+fn row_max<T: Float>(x: &[T]) -> Option<T> {
+    let m = x.iter().copied().fold(T::NEG_INFINITY, |a, b| a.max(b));
+    (m > T::NEG_INFINITY).then_some(m)
+}
+
+/// Stable softmax of one row into `out`. A fully masked row (all `-inf`)
+/// gives zeros rather than NaN, so a padded query cannot poison a batch.
+pub(crate) fn softmax_row<T: Float>(x: &[T], out: &mut [T]) {
+    let Some(m) = row_max(x) else {
+        out.fill(T::ZERO);
+        return;
+    };
+    let mut s = T::ZERO;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v - m).exp();
+        s += *o;
+    }
+    let inv = T::ONE / s;
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+}
+
+/// `log(sum(exp(x)))` of one row, stably (`-inf` for a fully masked row).
+fn logsumexp<T: Float>(x: &[T]) -> T {
+    match row_max(x) {
+        None => T::NEG_INFINITY,
+        Some(m) => m + x.iter().map(|&v| (v - m).exp()).sum::<T>().ln(),
+    }
+}
+
+impl<'t, T: Float> Var<'t, T> {
+    /// Softmax over the last axis: `exp(x - max) / sum(exp(x - max))`.
+    /// Backward: `dx = y * (g - sum(g * y))` per row.
+    pub fn softmax(self) -> Var<'t, T> {
+        let y = self.value().map_rows(softmax_row);
+        let saved = y.clone();
+        self.tape().record("softmax", y, &[self], move |g, _| {
+            vec![Some(g.zip_rows(&saved, "softmax", |g, y, dx| {
+                let dot: T = g.iter().zip(y).map(|(&a, &b)| a * b).sum();
+                for ((d, &gv), &yv) in dx.iter_mut().zip(g).zip(y) {
+                    *d = yv * (gv - dot);
+                }
+            }))]
+        })
+    }
+
+    /// Log-softmax over the last axis: `x - logsumexp(x)`.
+    /// Backward: `dx = g - softmax(x) * sum(g)` per row.
+    pub fn log_softmax(self) -> Var<'t, T> {
+        let y = self.value().map_rows(|x, out| {
+            let lse = logsumexp(x);
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = if lse == T::NEG_INFINITY {
+                    T::NEG_INFINITY
+                } else {
+                    v - lse
+                };
+            }
+        });
+        let saved = y.clone();
+        self.tape().record("log_softmax", y, &[self], move |g, _| {
+            vec![Some(g.zip_rows(&saved, "log_softmax", |g, y, dx| {
+                let s: T = g.iter().copied().sum();
+                for ((d, &gv), &yv) in dx.iter_mut().zip(g).zip(y) {
+                    *d = gv - yv.exp() * s;
+                }
+            }))]
+        })
+    }
+
+    /// Layer normalisation over the last axis (Ba et al. 2016):
+    /// `(x - mean) / sqrt(var + eps) * gain + bias`, biased variance.
+    /// `gain` and `bias` have shape (D).
+    ///
+    /// Backward (per row, `xh` the normalised input, `r = 1/sqrt(var+eps)`):
+    /// `dxh = g * gain`, `dx = r * (dxh - mean(dxh) - xh * mean(dxh * xh))`,
+    /// `dgain = sum_rows(g * xh)`, `dbias = sum_rows(g)`.
+    pub fn layer_norm(self, gain: Var<'t, T>, bias: Var<'t, T>, eps: f64) -> Var<'t, T> {
+        let x = self.value();
+        let d = *x.shape().last().unwrap_or(&0);
+        let (gv, bv) = (gain.value(), bias.value());
+        assert!(
+            gv.shape() == [d] && bv.shape() == [d],
+            "layer_norm: input {:?} needs gain and bias of shape [{d}], got {:?} and {:?}",
+            x.shape(),
+            gv.shape(),
+            bv.shape()
+        );
+        let eps = T::from_f64(eps);
+        let rows = x.numel() / d.max(1);
+        let mut rstd = vec![T::ZERO; rows];
+        let mut xhat = vec![T::ZERO; x.numel()];
+        for (r, (xr, hr)) in x
+            .data()
+            .chunks(d.max(1))
+            .zip(xhat.chunks_mut(d.max(1)))
+            .enumerate()
+        {
+            let inv_d = T::ONE / T::from_usize(d);
+            let mean: T = xr.iter().copied().sum::<T>() * inv_d;
+            let var: T = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() * inv_d;
+            let rs = T::ONE / (var + eps).sqrt();
+            rstd[r] = rs;
+            for (h, &v) in hr.iter_mut().zip(xr) {
+                *h = (v - mean) * rs;
+            }
+        }
+        let xhat = Tensor::from_vec(xhat, x.shape());
+        let (g_, b_) = (gv.data().to_vec(), bv.data().to_vec());
+        let out = xhat.map_rows(|h, o| {
+            for j in 0..h.len() {
+                o[j] = h[j] * g_[j] + b_[j];
+            }
+        });
+        self.tape()
+            .record("layer_norm", out, &[self, gain, bias], move |g, need| {
+                let gain = gv.data();
+                let dx = need[0].then(|| {
+                    let inv_d = T::ONE / T::from_usize(d);
+                    let mut dx = vec![T::ZERO; g.numel()];
+                    for (r, ((gr, hr), dr)) in g
+                        .data()
+                        .chunks(d)
+                        .zip(xhat.data().chunks(d))
+                        .zip(dx.chunks_mut(d))
+                        .enumerate()
+                    {
+                        let (mut m1, mut m2) = (T::ZERO, T::ZERO);
+                        for j in 0..d {
+                            let dxh = gr[j] * gain[j];
+                            m1 += dxh;
+                            m2 += dxh * hr[j];
+                        }
+                        let (m1, m2) = (m1 * inv_d, m2 * inv_d);
+                        for j in 0..d {
+                            dr[j] = rstd[r] * (gr[j] * gain[j] - m1 - hr[j] * m2);
+                        }
+                    }
+                    Tensor::from_vec(dx, g.shape())
+                });
+                let dgain = need[1].then(|| {
+                    let mut s = vec![T::ZERO; d];
+                    for (gr, hr) in g.data().chunks(d).zip(xhat.data().chunks(d)) {
+                        for j in 0..d {
+                            s[j] += gr[j] * hr[j];
+                        }
+                    }
+                    Tensor::from_vec(s, &[d])
+                });
+                let dbias = need[2].then(|| g.sum_to_shape(&[d]));
+                vec![dx, dgain, dbias]
+            })
+    }
+
+    /// Embedding lookup: `self` is the table (V, D); `ids` (with shape
+    /// `ids_shape`) pick rows, giving (ids_shape..., D). Backward scatters
+    /// gradient rows back with `+=`, so a repeated id sums its gradients.
+    /// Panics if an id is not below V.
+    pub fn embedding(self, ids: &[usize], ids_shape: &[usize]) -> Var<'t, T> {
+        let w = self.value();
+        assert!(
+            w.ndim() == 2,
+            "embedding: table must be (V, D), got shape {:?}",
+            w.shape()
+        );
+        assert!(
+            ids.len() == numel(ids_shape),
+            "embedding: {} ids do not fill shape {ids_shape:?}",
+            ids.len()
+        );
+        let (v, d) = (w.shape()[0], w.shape()[1]);
+        if let Some(&bad) = ids.iter().find(|&&i| i >= v) {
+            panic!(
+                "embedding: id {bad} out of range for table of shape {:?}",
+                w.shape()
+            );
+        }
+        let mut out = Vec::with_capacity(ids.len() * d);
+        for &i in ids {
+            out.extend_from_slice(&w.data()[i * d..(i + 1) * d]);
+        }
+        let mut shape = ids_shape.to_vec();
+        shape.push(d);
+        let ids = ids.to_vec();
+        self.tape().record(
+            "embedding",
+            Tensor::from_vec(out, &shape),
+            &[self],
+            move |g, _| {
+                let mut dw = vec![T::ZERO; v * d];
+                for (k, &i) in ids.iter().enumerate() {
+                    for (a, &b) in dw[i * d..(i + 1) * d]
+                        .iter_mut()
+                        .zip(&g.data()[k * d..(k + 1) * d])
+                    {
+                        *a += b;
+                    }
+                }
+                vec![Some(Tensor::from_vec(dw, &[v, d]))]
+            },
+        )
+    }
+
+    /// Replaces entries where `mask` is non-zero by `value` (attention masks
+    /// use `-inf` or a large negative number). `mask` broadcasts to the
+    /// input's shape; no gradient flows to filled entries.
+    pub fn masked_fill(self, mask: &Tensor<T>, value: T) -> Var<'t, T> {
+        let x = self.value();
+        let out = x.zip_map(
+            mask,
+            "masked_fill",
+            move |v, m| if m != T::ZERO { value } else { v },
+        );
+        assert!(
+            out.shape() == x.shape(),
+            "masked_fill: mask {:?} must broadcast to input {:?}",
+            mask.shape(),
+            x.shape()
+        );
+        let mask = mask.clone();
+        self.tape()
+            .record("masked_fill", out, &[self], move |g, _| {
+                vec![Some(g.zip_map(&mask, "masked_fill", |g, m| {
+                    if m != T::ZERO { T::ZERO } else { g }
+                }))]
+            })
+    }
+
+    /// Inverted dropout: in training each entry is zeroed with probability
+    /// `p` and the survivors scaled by `1/(1-p)`, so evaluation is the
+    /// identity. The mask is drawn from `rng`, in row-major order: the same
+    /// seed gives the same mask.
+    pub fn dropout<R: rand::Rng + ?Sized>(self, p: f64, train: bool, rng: &mut R) -> Var<'t, T> {
+        assert!((0.0..1.0).contains(&p), "dropout: p = {p} is not in [0, 1)");
+        if !train || p == 0.0 {
+            return self;
+        }
+        let x = self.value();
+        let scale = T::from_f64(1.0 / (1.0 - p));
+        let mask = Tensor::from_vec(
+            (0..x.numel())
+                .map(|_| {
+                    if rng.random::<f64>() < p {
+                        T::ZERO
+                    } else {
+                        scale
+                    }
+                })
+                .collect(),
+            x.shape(),
+        );
+        let out = x.zip_map(&mask, "dropout", |a, m| a * m);
+        self.tape().record("dropout", out, &[self], move |g, _| {
+            vec![Some(g.zip_map(&mask, "dropout", |g, m| g * m))]
+        })
+    }
+
+    /// Cross-entropy from logits (..., V) against integer `targets` (one per
+    /// row), with label smoothing `eps` and an optional ignored padding id.
+    ///
+    /// The target distribution is `q = (1 - eps) * onehot(y) + eps / V`
+    /// (uniform over all V classes, the target included: PyTorch's
+    /// convention), so per row
+    /// `loss = (1 - eps) * (-log p_y) + eps * mean_v(-log p_v)`,
+    /// and the result is the mean over rows whose target is not `ignore`
+    /// (0 if there are none). Fused: backward is `(softmax - q) / n` per row.
+    pub fn cross_entropy(self, targets: &[usize], ignore: Option<usize>, eps: f64) -> Var<'t, T> {
+        let x = self.value();
+        let v = *x.shape().last().unwrap_or(&0);
+        let rows = x.numel() / v.max(1);
+        assert!(
+            targets.len() == rows && x.ndim() >= 1,
+            "cross_entropy: logits {:?} have {rows} rows but {} targets were given",
+            x.shape(),
+            targets.len()
+        );
+        assert!(
+            (0.0..=1.0).contains(&eps),
+            "cross_entropy: smoothing {eps} not in [0, 1]"
+        );
+        let valid = move |t: usize| Some(t) != ignore;
+        if let Some(&bad) = targets.iter().find(|&&t| valid(t) && t >= v) {
+            panic!(
+                "cross_entropy: target {bad} out of range for logits {:?}",
+                x.shape()
+            );
+        }
+        let n = targets.iter().filter(|&&t| valid(t)).count();
+        let (e, one_m) = (T::from_f64(eps), T::from_f64(1.0 - eps));
+        let inv_v = T::ONE / T::from_usize(v);
+        let mut total = T::ZERO;
+        for (r, xr) in x.data().chunks(v.max(1)).enumerate() {
+            let t = targets[r];
+            if !valid(t) {
+                continue;
+            }
+            let lse = logsumexp(xr);
+            let mean_x: T = xr.iter().copied().sum::<T>() * inv_v;
+            total += one_m * (lse - xr[t]) + e * (lse - mean_x);
+        }
+        let inv_n = if n > 0 {
+            T::ONE / T::from_usize(n)
+        } else {
+            T::ZERO
+        };
+        let targets = targets.to_vec();
+        self.tape().record(
+            "cross_entropy",
+            Tensor::scalar(total * inv_n),
+            &[self],
+            move |g, _| {
+                let scale = g.item() * inv_n;
+                let mut dx = vec![T::ZERO; x.numel()];
+                for (r, (xr, dr)) in x.data().chunks(v).zip(dx.chunks_mut(v)).enumerate() {
+                    let t = targets[r];
+                    if !valid(t) {
+                        continue;
+                    }
+                    softmax_row(xr, dr);
+                    for (j, d) in dr.iter_mut().enumerate() {
+                        let q = e * inv_v + if j == t { one_m } else { T::ZERO };
+                        *d = (*d - q) * scale;
+                    }
+                }
+                vec![Some(Tensor::from_vec(dx, x.shape()))]
+            },
+        )
+    }
+}

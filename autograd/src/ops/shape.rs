@@ -1,0 +1,135 @@
+//! Shape ops: transpose, permute, reshape, concat, narrow, and the split and
+//! merge of attention heads. Tensors are always contiguous, so a permute is a
+//! copy; its backward is the inverse permute.
+
+use crate::tensor::numel;
+use crate::{Float, Tensor, Var};
+
+pub const OPS: &[&str] = &[
+    "transpose",
+    "permute",
+    "reshape",
+    "concat",
+    "narrow",
+    "split_heads",
+    "merge_heads",
+];
+
+fn inverse(perm: &[usize]) -> Vec<usize> {
+    let mut inv = vec![0; perm.len()];
+    for (i, &p) in perm.iter().enumerate() {
+        inv[p] = i;
+    }
+    inv
+}
+
+impl<'t, T: Float> Var<'t, T> {
+    fn permute_as(self, op: &'static str, perm: Vec<usize>) -> Var<'t, T> {
+        let out = self.value().permute(&perm);
+        let inv = inverse(&perm);
+        self.tape()
+            .record(op, out, &[self], move |g, _| vec![Some(g.permute(&inv))])
+    }
+
+    /// Swaps two axes (negative axes count from the end).
+    pub fn transpose(self, a: isize, b: isize) -> Var<'t, T> {
+        let x = self.value();
+        let (a, b) = (x.axis(a, "transpose"), x.axis(b, "transpose"));
+        let mut perm: Vec<usize> = (0..x.ndim()).collect();
+        perm.swap(a, b);
+        self.permute_as("transpose", perm)
+    }
+
+    /// Reorders axes: output axis `i` is input axis `perm[i]`.
+    pub fn permute(self, perm: &[usize]) -> Var<'t, T> {
+        self.permute_as("permute", perm.to_vec())
+    }
+
+    /// Same elements, new shape (no copy).
+    pub fn reshape(self, shape: &[usize]) -> Var<'t, T> {
+        let x = self.value();
+        let in_shape = x.shape().to_vec();
+        self.tape()
+            .record("reshape", x.reshape(shape), &[self], move |g, _| {
+                vec![Some(g.reshape(&in_shape))]
+            })
+    }
+
+    /// Joins vars along `axis`; all other axes must agree.
+    pub fn concat(parts: &[Var<'t, T>], axis: isize) -> Var<'t, T> {
+        assert!(!parts.is_empty(), "concat: no vars given");
+        let values: Vec<Tensor<T>> = parts.iter().map(|v| v.value()).collect();
+        let refs: Vec<&Tensor<T>> = values.iter().collect();
+        let out = Tensor::concat(&refs, axis);
+        let ax = values[0].axis(axis, "concat");
+        let sizes: Vec<usize> = values.iter().map(|v| v.shape()[ax]).collect();
+        parts[0]
+            .tape()
+            .record("concat", out, parts, move |g, need| {
+                let mut start = 0;
+                sizes
+                    .iter()
+                    .zip(need)
+                    .map(|(&n, &need)| {
+                        let s = start;
+                        start += n;
+                        need.then(|| g.narrow(ax as isize, s, n))
+                    })
+                    .collect()
+            })
+    }
+
+    /// `len` entries of `axis` from `start`.
+    pub fn narrow(self, axis: isize, start: usize, len: usize) -> Var<'t, T> {
+        let x = self.value();
+        let out = x.narrow(axis, start, len);
+        let ax = x.axis(axis, "narrow");
+        let in_shape = x.shape().to_vec();
+        self.tape().record("narrow", out, &[self], move |g, _| {
+            // Adjoint: the gradient written back into a zero tensor.
+            let (outer, n, inner) = (
+                numel(&in_shape[..ax]),
+                in_shape[ax],
+                numel(&in_shape[ax + 1..]),
+            );
+            let mut dx = vec![T::ZERO; numel(&in_shape)];
+            let blk = len * inner;
+            for o in 0..outer {
+                let s = (o * n + start) * inner;
+                dx[s..s + blk].copy_from_slice(&g.data()[o * blk..(o + 1) * blk]);
+            }
+            vec![Some(Tensor::from_vec(dx, &in_shape))]
+        })
+    }
+
+    /// (B, T, D) -> (B, H, T, D/H): the heads of multi-head attention.
+    pub fn split_heads(self, heads: usize) -> Var<'t, T> {
+        let s = self.shape();
+        assert!(
+            s.len() == 3 && heads > 0 && s[2] % heads == 0,
+            "split_heads: shape {s:?} is not (B, T, D) with D divisible by {heads} heads"
+        );
+        let (b, t, d) = (s[0], s[1], s[2]);
+        let x = self.value().reshape(&[b, t, heads, d / heads]);
+        let out = x.permute(&[0, 2, 1, 3]); // (B, H, T, Dk)
+        self.tape()
+            .record("split_heads", out, &[self], move |g, _| {
+                vec![Some(g.permute(&[0, 2, 1, 3]).reshape(&[b, t, d]))]
+            })
+    }
+
+    /// (B, H, T, Dk) -> (B, T, H * Dk): the inverse of [`Var::split_heads`].
+    pub fn merge_heads(self) -> Var<'t, T> {
+        let s = self.shape();
+        assert!(
+            s.len() == 4,
+            "merge_heads: shape {s:?} is not (B, H, T, Dk)"
+        );
+        let (b, h, t, dk) = (s[0], s[1], s[2], s[3]);
+        let out = self.value().permute(&[0, 2, 1, 3]).reshape(&[b, t, h * dk]);
+        self.tape()
+            .record("merge_heads", out, &[self], move |g, _| {
+                vec![Some(g.reshape(&[b, t, h, dk]).permute(&[0, 2, 1, 3]))]
+            })
+    }
+}

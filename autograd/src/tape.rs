@@ -1,0 +1,541 @@
+//! The tape: one forward pass recorded as a list of nodes, walked once in
+//! reverse by [`Tape::backward`].
+//!
+//! A [`Var`] is a `Copy` handle (tape reference + node index), so model code
+//! reads like maths: `(x.matmul(w) + b).relu()`. Each node keeps its value
+//! and, when a gradient is needed, a boxed vector-Jacobian product that owns
+//! (shared, `Arc`) the tensors it needs.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::{Float, Tensor};
+
+/// A vector-Jacobian product: given the gradient of the op's output and, per
+/// input, whether that input needs a gradient, returns one optional gradient
+/// per input (same shapes as the inputs).
+pub type BackwardFn<T> = Box<dyn Fn(&Tensor<T>, &[bool]) -> Vec<Option<Tensor<T>>>>;
+
+struct Node<T: Float> {
+    value: Tensor<T>,
+    op: &'static str,
+    parents: Vec<usize>,
+    backward: Option<BackwardFn<T>>,
+    requires_grad: bool,
+}
+
+/// Identity of a [`Param`], stable across tapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ParamId(u64);
+
+static NEXT_PARAM: AtomicU64 = AtomicU64::new(0);
+
+/// A trainable tensor that outlives tapes: layers own `Param`s, each step's
+/// tape borrows them as leaves ([`Tape::param`]) and gradients come back keyed
+/// by [`ParamId`]. After the tape is dropped the optimiser updates
+/// [`Param::value`] in place.
+///
+/// A clone keeps the id (it *is* the same parameter); use [`Param::new`] for a
+/// distinct one.
+///
+/// ```
+/// use autograd::{Param, Tape, Tensor};
+/// let w = Param::new(Tensor::from_vec(vec![3.0], &[1]));
+/// let tape = Tape::new();
+/// let x = tape.param(&w);
+/// let y = (x * x).sum_all(); // d/dw w^2 = 2w = 6
+/// let grads = tape.backward(y);
+/// assert_eq!(grads.param(&w).unwrap().data(), &[6.0]);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Param<T: Float = f32> {
+    id: ParamId,
+    pub value: Tensor<T>,
+}
+
+impl<T: Float> Param<T> {
+    pub fn new(value: Tensor<T>) -> Self {
+        Param {
+            id: ParamId(NEXT_PARAM.fetch_add(1, Ordering::Relaxed)),
+            value,
+        }
+    }
+
+    pub fn id(&self) -> ParamId {
+        self.id
+    }
+}
+
+/// The first op whose forward value or backward gradient held NaN or Inf
+/// while anomaly mode was on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Anomaly {
+    pub op: &'static str,
+    /// `"forward"` or `"backward"`.
+    pub phase: &'static str,
+    pub input_shapes: Vec<Vec<usize>>,
+    pub output_shape: Vec<usize>,
+}
+
+impl fmt::Display for Anomaly {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "anomaly: op `{}` produced NaN or Inf in its {} pass (inputs {:?}, output {:?})",
+            self.op, self.phase, self.input_shapes, self.output_shape
+        )
+    }
+}
+
+/// Records one forward pass. Create one per step; drop it after the update.
+///
+/// ```
+/// use autograd::{Tape, Tensor};
+/// let tape = Tape::new();
+/// let x = tape.leaf(Tensor::from_vec(vec![1.0, 2.0], &[2]));
+/// let y = (x * 3.0 + 1.0).sum_all(); // dy/dx = 3
+/// let grads = tape.backward(y);
+/// assert_eq!(grads.wrt(x).data(), &[3.0, 3.0]);
+/// ```
+pub struct Tape<T: Float = f32> {
+    nodes: RefCell<Vec<Node<T>>>,
+    grad_enabled: bool,
+    anomaly_mode: Cell<bool>,
+    anomaly: RefCell<Option<Anomaly>>,
+    params: RefCell<HashMap<ParamId, usize>>,
+}
+
+impl<T: Float> Default for Tape<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Float> Tape<T> {
+    /// A tape that records gradients.
+    pub fn new() -> Self {
+        Self::with_grad(true)
+    }
+
+    /// A tape that records nothing for backward: no VJP closures, no saved
+    /// inputs, every var a constant. Only the values the live `Var` handles
+    /// point at are kept, and they go when the tape goes: evaluate inside
+    /// [`no_grad`] (one tape per decoding step) to bound memory.
+    pub fn no_grad() -> Self {
+        Self::with_grad(false)
+    }
+
+    fn with_grad(grad_enabled: bool) -> Self {
+        Tape {
+            nodes: RefCell::new(Vec::new()),
+            grad_enabled,
+            anomaly_mode: Cell::new(false),
+            anomaly: RefCell::new(None),
+            params: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// True unless this is a [`Tape::no_grad`] tape.
+    pub fn grad_enabled(&self) -> bool {
+        self.grad_enabled
+    }
+
+    /// Turns anomaly mode on or off: when on, every forward value and every
+    /// backward gradient is checked, and the first op yielding NaN or Inf is
+    /// kept ([`Tape::anomaly`]). It costs one pass over each tensor.
+    pub fn set_anomaly_mode(&self, on: bool) {
+        self.anomaly_mode.set(on);
+    }
+
+    /// The first anomaly seen in anomaly mode, if any.
+    pub fn anomaly(&self) -> Option<Anomaly> {
+        self.anomaly.borrow().clone()
+    }
+
+    /// Number of nodes recorded so far.
+    pub fn len(&self) -> usize {
+        self.nodes.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The op names recorded so far, in order (`"leaf"` and `"constant"`
+    /// included).
+    pub fn ops(&self) -> Vec<&'static str> {
+        self.nodes.borrow().iter().map(|n| n.op).collect()
+    }
+
+    /// Number of nodes holding a backward closure (0 on a no-grad tape).
+    pub fn num_backward_nodes(&self) -> usize {
+        self.nodes
+            .borrow()
+            .iter()
+            .filter(|n| n.backward.is_some())
+            .count()
+    }
+
+    fn push(&self, node: Node<T>) -> Var<'_, T> {
+        let mut nodes = self.nodes.borrow_mut();
+        nodes.push(node);
+        Var {
+            tape: self,
+            id: nodes.len() - 1,
+        }
+    }
+
+    /// A differentiable input: gradients are reported for it.
+    pub fn leaf(&self, value: Tensor<T>) -> Var<'_, T> {
+        self.push(Node {
+            value,
+            op: "leaf",
+            parents: Vec::new(),
+            backward: None,
+            requires_grad: self.grad_enabled,
+        })
+    }
+
+    /// A constant input: no gradient flows into it.
+    pub fn constant(&self, value: Tensor<T>) -> Var<'_, T> {
+        self.push(Node {
+            value,
+            op: "constant",
+            parents: Vec::new(),
+            backward: None,
+            requires_grad: false,
+        })
+    }
+
+    /// The leaf for a [`Param`] on this tape. Asking twice for the same
+    /// parameter (a tied embedding) returns the same var, so its uses sum
+    /// their gradients.
+    pub fn param(&self, p: &Param<T>) -> Var<'_, T> {
+        if let Some(&id) = self.params.borrow().get(&p.id) {
+            return Var { tape: self, id };
+        }
+        let v = self.leaf(p.value.clone());
+        self.params.borrow_mut().insert(p.id, v.id);
+        v
+    }
+
+    /// Records an op: its output value, its inputs and its VJP. This is the
+    /// extension point for user ops; every built-in op goes through it.
+    /// If no input needs a gradient (or on a no-grad tape) the VJP is dropped
+    /// at once, so constants cost nothing for backward.
+    pub fn record<'t>(
+        &'t self,
+        op: &'static str,
+        value: Tensor<T>,
+        inputs: &[Var<'t, T>],
+        backward: impl Fn(&Tensor<T>, &[bool]) -> Vec<Option<Tensor<T>>> + 'static,
+    ) -> Var<'t, T> {
+        for v in inputs {
+            assert!(
+                std::ptr::eq(v.tape, self),
+                "{op}: an input var belongs to another tape"
+            );
+        }
+        if self.anomaly_mode.get() && self.anomaly.borrow().is_none() && !value.all_finite() {
+            let nodes = self.nodes.borrow();
+            let input_shapes = inputs
+                .iter()
+                .map(|v| nodes[v.id].value.shape().to_vec())
+                .collect();
+            *self.anomaly.borrow_mut() = Some(Anomaly {
+                op,
+                phase: "forward",
+                input_shapes,
+                output_shape: value.shape().to_vec(),
+            });
+        }
+        let requires_grad = self.grad_enabled && {
+            let nodes = self.nodes.borrow();
+            inputs.iter().any(|v| nodes[v.id].requires_grad)
+        };
+        let (parents, backward): (Vec<usize>, Option<BackwardFn<T>>) = if requires_grad {
+            (
+                inputs.iter().map(|v| v.id).collect(),
+                Some(Box::new(backward)),
+            )
+        } else {
+            (Vec::new(), None)
+        };
+        self.push(Node {
+            value,
+            op,
+            parents,
+            backward,
+            requires_grad,
+        })
+    }
+
+    /// Reverse pass from a scalar (one-element) output, seeded with 1.
+    pub fn backward(&self, out: Var<'_, T>) -> Grads<T> {
+        let shape = out.shape();
+        assert!(
+            shape.iter().product::<usize>() == 1,
+            "backward: output of shape {shape:?} is not a scalar; use backward_with and pass its gradient"
+        );
+        self.backward_with(out, Tensor::ones(&shape))
+    }
+
+    /// Reverse pass from any output, seeded with `grad` (the output's shape).
+    pub fn backward_with(&self, out: Var<'_, T>, grad: Tensor<T>) -> Grads<T> {
+        assert!(
+            std::ptr::eq(out.tape, self),
+            "backward: the output var belongs to another tape"
+        );
+        let nodes = self.nodes.borrow();
+        assert!(
+            grad.shape() == nodes[out.id].value.shape(),
+            "backward_with: gradient shape {:?} differs from output shape {:?}",
+            grad.shape(),
+            nodes[out.id].value.shape()
+        );
+        let mut grads: Vec<Option<Tensor<T>>> = vec![None; out.id + 1];
+        if nodes[out.id].requires_grad {
+            grads[out.id] = Some(grad);
+        }
+        let anomaly_mode = self.anomaly_mode.get();
+        for i in (0..=out.id).rev() {
+            let node = &nodes[i];
+            let Some(bw) = &node.backward else { continue };
+            // Taking the gradient frees it as soon as this node has used it.
+            let Some(g) = grads[i].take() else { continue };
+            let needs: Vec<bool> = node
+                .parents
+                .iter()
+                .map(|&p| nodes[p].requires_grad)
+                .collect();
+            let pgs = bw(&g, &needs);
+            assert!(
+                pgs.len() == node.parents.len(),
+                "backward of `{}` returned {} gradients for {} inputs",
+                node.op,
+                pgs.len(),
+                node.parents.len()
+            );
+            for (&p, pg) in node.parents.iter().zip(pgs) {
+                let Some(pg) = pg else { continue };
+                if !nodes[p].requires_grad {
+                    continue;
+                }
+                assert!(
+                    pg.shape() == nodes[p].value.shape(),
+                    "backward of `{}` returned a gradient of shape {:?} for an input of shape {:?}",
+                    node.op,
+                    pg.shape(),
+                    nodes[p].value.shape()
+                );
+                if anomaly_mode && self.anomaly.borrow().is_none() && !pg.all_finite() {
+                    *self.anomaly.borrow_mut() = Some(Anomaly {
+                        op: node.op,
+                        phase: "backward",
+                        input_shapes: node
+                            .parents
+                            .iter()
+                            .map(|&q| nodes[q].value.shape().to_vec())
+                            .collect(),
+                        output_shape: node.value.shape().to_vec(),
+                    });
+                }
+                match &mut grads[p] {
+                    Some(acc) => acc.add_assign(&pg),
+                    slot => *slot = Some(pg),
+                }
+            }
+        }
+        // What is left are the leaves' gradients.
+        let params = self
+            .params
+            .borrow()
+            .iter()
+            .filter_map(|(&pid, &node)| grads.get(node).and_then(|g| g.clone()).map(|g| (pid, g)))
+            .collect();
+        Grads {
+            leaves: grads,
+            params: ParamGrads { grads: params },
+        }
+    }
+}
+
+/// Runs `f` on a fresh no-grad tape and returns its result (typically a
+/// `Tensor`): nothing is recorded for backward, and every intermediate value
+/// is freed when `f` returns.
+///
+/// ```
+/// use autograd::{no_grad, Tensor};
+/// let y = no_grad(|tape| {
+///     let x = tape.constant(Tensor::from_vec(vec![1.0f32, -2.0], &[2]));
+///     assert_eq!(tape.num_backward_nodes(), 0);
+///     x.relu().value()
+/// });
+/// assert_eq!(y.data(), &[1.0, 0.0]);
+/// ```
+pub fn no_grad<T: Float, R>(f: impl FnOnce(&Tape<T>) -> R) -> R {
+    let tape = Tape::no_grad();
+    f(&tape)
+}
+
+/// A handle to a value on a tape: `Copy`, two words.
+#[derive(Clone, Copy)]
+pub struct Var<'t, T: Float = f32> {
+    tape: &'t Tape<T>,
+    id: usize,
+}
+
+impl<'t, T: Float> Var<'t, T> {
+    /// The value (shares storage, no copy).
+    pub fn value(&self) -> Tensor<T> {
+        self.tape.nodes.borrow()[self.id].value.clone()
+    }
+
+    pub fn shape(&self) -> Vec<usize> {
+        self.tape.nodes.borrow()[self.id].value.shape().to_vec()
+    }
+
+    /// Size of one axis (negative counts from the end).
+    pub fn dim(&self, axis: isize) -> usize {
+        self.tape.nodes.borrow()[self.id].value.dim(axis)
+    }
+
+    pub fn ndim(&self) -> usize {
+        self.tape.nodes.borrow()[self.id].value.ndim()
+    }
+
+    pub fn tape(&self) -> &'t Tape<T> {
+        self.tape
+    }
+
+    /// Index of the node on its tape.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// The op that produced this var (`"leaf"`, `"matmul"`, ...).
+    pub fn op(&self) -> &'static str {
+        self.tape.nodes.borrow()[self.id].op
+    }
+
+    pub fn requires_grad(&self) -> bool {
+        self.tape.nodes.borrow()[self.id].requires_grad
+    }
+
+    /// The same value as a constant: gradients stop here.
+    pub fn detach(self) -> Var<'t, T> {
+        self.tape.constant(self.value())
+    }
+}
+
+impl<T: Float> fmt::Debug for Var<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Var#{}({}, {:?})", self.id, self.op(), self.value())
+    }
+}
+
+/// Gradients of one backward pass, keyed by leaf var and by parameter.
+pub struct Grads<T: Float = f32> {
+    leaves: Vec<Option<Tensor<T>>>,
+    params: ParamGrads<T>,
+}
+
+impl<T: Float> Grads<T> {
+    /// The gradient of a leaf, if anything flowed into it.
+    pub fn get(&self, v: Var<'_, T>) -> Option<&Tensor<T>> {
+        self.leaves.get(v.id).and_then(|g| g.as_ref())
+    }
+
+    /// The gradient of a leaf; panics if it received none.
+    pub fn wrt(&self, v: Var<'_, T>) -> &Tensor<T> {
+        self.get(v).unwrap_or_else(|| {
+            panic!(
+                "Grads::wrt: var #{} ({}) received no gradient (is it a leaf that the output depends on?)",
+                v.id,
+                v.op()
+            )
+        })
+    }
+
+    pub fn param(&self, p: &Param<T>) -> Option<&Tensor<T>> {
+        self.params.get(p)
+    }
+
+    /// The parameters' gradients, to accumulate or hand to an optimiser.
+    pub fn params(&self) -> &ParamGrads<T> {
+        &self.params
+    }
+
+    pub fn into_params(self) -> ParamGrads<T> {
+        self.params
+    }
+}
+
+/// Gradients keyed by [`ParamId`]; sums over several tapes (micro-batches)
+/// with [`ParamGrads::accumulate`]. Iteration order is by id, so anything
+/// computed over it (a global norm) is deterministic.
+///
+/// ```
+/// use autograd::{Param, ParamGrads, Tape, Tensor};
+/// let w = Param::new(Tensor::from_vec(vec![2.0], &[1]));
+/// let mut acc = ParamGrads::default();
+/// for x in [1.0, 3.0] {
+///     let tape = Tape::new();
+///     let y = (tape.param(&w) * x).sum_all();
+///     acc.accumulate(tape.backward(y).params());
+/// }
+/// assert_eq!(acc.get(&w).unwrap().data(), &[4.0]);
+/// ```
+#[derive(Clone, Default)]
+pub struct ParamGrads<T: Float = f32> {
+    grads: BTreeMap<ParamId, Tensor<T>>,
+}
+
+impl<T: Float> ParamGrads<T> {
+    pub fn get(&self, p: &Param<T>) -> Option<&Tensor<T>> {
+        self.grads.get(&p.id)
+    }
+
+    pub fn get_id(&self, id: ParamId) -> Option<&Tensor<T>> {
+        self.grads.get(&id)
+    }
+
+    /// Adds every gradient of `other` into this set.
+    pub fn accumulate(&mut self, other: &ParamGrads<T>) {
+        for (id, g) in &other.grads {
+            match self.grads.get_mut(id) {
+                Some(acc) => acc.add_assign(g),
+                None => {
+                    self.grads.insert(*id, g.clone());
+                }
+            }
+        }
+    }
+
+    /// Multiplies every gradient by `s` (e.g. 1 / number of micro-batches).
+    pub fn scale(&mut self, s: T) {
+        for g in self.grads.values_mut() {
+            for x in g.data_mut() {
+                *x *= s;
+            }
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (ParamId, &Tensor<T>)> {
+        self.grads.iter().map(|(id, g)| (*id, g))
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (ParamId, &mut Tensor<T>)> {
+        self.grads.iter_mut().map(|(id, g)| (*id, g))
+    }
+
+    pub fn len(&self) -> usize {
+        self.grads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.grads.is_empty()
+    }
+}
