@@ -221,6 +221,19 @@ impl<T: Float> Tape<T> {
         v
     }
 
+    /// Makes `v` the var of parameter `p` on this tape: later
+    /// [`Tape::param`] calls return `v`. This lets a gradient check drive a
+    /// whole module's parameters as inputs (see `transformer::gradcheck_module`).
+    pub fn bind_param(&self, p: &Param<T>, v: Var<'_, T>) {
+        assert!(
+            std::ptr::eq(v.tape, self) && p.value.shape() == v.shape().as_slice(),
+            "bind_param: var of shape {:?} cannot stand for a parameter of shape {:?} (or belongs to another tape)",
+            v.shape(),
+            p.value.shape()
+        );
+        self.params.borrow_mut().insert(p.id, v.id);
+    }
+
     /// Records an op: its output value, its inputs and its VJP. This is the
     /// extension point for user ops; every built-in op goes through it.
     /// If no input needs a gradient (or on a no-grad tape) the VJP is dropped

@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 
-use autograd::{Float, Param, Tape, Var};
+use autograd::{Float, Param, Tape, Tensor, Var};
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 
@@ -32,6 +32,8 @@ pub struct Ctx<'t, T: Float = f32> {
     pub tape: &'t Tape<T>,
     pub train: bool,
     rng: RefCell<Rng>,
+    /// Attention weights handed back by the layers, when asked for.
+    attention: RefCell<Option<Vec<(String, Tensor<T>)>>>,
 }
 
 impl<'t, T: Float> Ctx<'t, T> {
@@ -44,6 +46,7 @@ impl<'t, T: Float> Ctx<'t, T> {
             tape,
             train,
             rng: RefCell::new(rng),
+            attention: RefCell::new(None),
         }
     }
 
@@ -60,6 +63,24 @@ impl<'t, T: Float> Ctx<'t, T> {
     /// The generator, for layers that need randomness of their own.
     pub fn rng(&self) -> std::cell::RefMut<'_, Rng> {
         self.rng.borrow_mut()
+    }
+
+    /// From now on, attention layers of the model record their weights
+    /// (B, H, Tq, Tk) here, named like `decoder.layers.0.cross_attn`.
+    pub fn keep_attention(&self) {
+        self.attention.borrow_mut().get_or_insert_with(Vec::new);
+    }
+
+    /// Records attention weights if [`Ctx::keep_attention`] was called.
+    pub fn record_attention(&self, name: impl FnOnce() -> String, weights: Var<'t, T>) {
+        if let Some(list) = self.attention.borrow_mut().as_mut() {
+            list.push((name(), weights.value()));
+        }
+    }
+
+    /// The recorded attention weights, in forward order.
+    pub fn take_attention(&self) -> Vec<(String, Tensor<T>)> {
+        self.attention.borrow_mut().take().unwrap_or_default()
     }
 
     /// Hands the generator back (to keep its state across steps).

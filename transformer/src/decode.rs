@@ -1,0 +1,251 @@
+//! Decoding without a tape: greedy and beam search (the paper, section 6.1:
+//! beam size 4, length penalty alpha = 0.6, maximum output length = input
+//! length + 50, stopping early at end-of-sequence).
+//!
+//! Both searches are written against a *step function* (prefixes in,
+//! next-token log-probabilities out), so they can be tested on hand-made
+//! distributions; [`Transformer::greedy_decode`] and
+//! [`Transformer::beam_search`] plug the model in.
+
+use autograd::{Tape, Tensor};
+
+use crate::{Ctx, Encoded, TokenBatch, Transformer};
+
+/// One decoded sequence.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hypothesis {
+    /// Output tokens, without the start token and without the end token.
+    pub tokens: Vec<usize>,
+    /// Sum of the log-probabilities of the chosen tokens (the end token included).
+    pub log_prob: f64,
+    /// `log_prob / lp(len)`, what beam search ranks by (equal to
+    /// `log_prob` for greedy).
+    pub score: f64,
+    /// Whether the end token was produced (false: cut at the maximum length).
+    pub finished: bool,
+}
+
+/// The step function: for rows `(source index, prefix)` (all prefixes of one
+/// length, each starting with the start token) return, per row, the
+/// log-probabilities of the next token over the vocabulary.
+pub type StepFn<'a> = dyn FnMut(&[usize], &[Vec<usize>]) -> Vec<Vec<f32>> + 'a;
+
+/// GNMT's length penalty (Wu et al. 2016), used by the paper:
+/// `lp(n) = ((5 + n) / 6)^alpha`.
+pub fn length_penalty(len: usize, alpha: f64) -> f64 {
+    ((5.0 + len as f64) / 6.0).powf(alpha)
+}
+
+/// Index of the largest entry (the first one on ties).
+fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Greedy search for `n` sources: `max_len[b]` bounds the output length of
+/// source `b` (end token excluded).
+pub fn greedy(step: &mut StepFn<'_>, max_len: &[usize], bos: usize, eos: usize) -> Vec<Hypothesis> {
+    let n = max_len.len();
+    let mut prefixes: Vec<Vec<usize>> = vec![vec![bos]; n];
+    let mut out: Vec<Option<Hypothesis>> = vec![None; n];
+    let mut logp = vec![0.0f64; n];
+    loop {
+        let live: Vec<usize> = (0..n).filter(|&b| out[b].is_none()).collect();
+        if live.is_empty() {
+            break;
+        }
+        let rows: Vec<Vec<usize>> = live.iter().map(|&b| prefixes[b].clone()).collect();
+        let lp = step(&live, &rows);
+        for (r, &b) in live.iter().enumerate() {
+            let t = argmax(&lp[r]);
+            logp[b] += lp[r][t] as f64;
+            let done = t == eos;
+            if !done {
+                prefixes[b].push(t);
+            }
+            if done || prefixes[b].len() > max_len[b] {
+                out[b] = Some(Hypothesis {
+                    tokens: prefixes[b][1..].to_vec(),
+                    log_prob: logp[b],
+                    score: logp[b],
+                    finished: done,
+                });
+            }
+        }
+    }
+    out.into_iter()
+        .map(|h| h.expect("every source finished"))
+        .collect()
+}
+
+/// Beam search with beam size `k` and length penalty `alpha`. Each step
+/// scans the candidates of a source best-first: a candidate ending in `eos`
+/// becomes a finished hypothesis (scored `log_prob / lp(len)`, `len`
+/// counting the end token), others stay live until `k` live beams are
+/// kept. A source stops once it has `k` finished hypotheses, or at its
+/// maximum length (live beams are then finished as they are). With `k = 1`
+/// this is exactly greedy search.
+pub fn beam(
+    step: &mut StepFn<'_>,
+    max_len: &[usize],
+    bos: usize,
+    eos: usize,
+    k: usize,
+    alpha: f64,
+) -> Vec<Hypothesis> {
+    assert!(k > 0, "beam: beam size must be at least 1");
+    let n = max_len.len();
+    // Live beams per source: (prefix, log_prob).
+    let mut live: Vec<Vec<(Vec<usize>, f64)>> = vec![vec![(vec![bos], 0.0)]; n];
+    let mut finished: Vec<Vec<Hypothesis>> = vec![Vec::new(); n];
+    let finish = |prefix: &[usize], log_prob: f64, done: bool| {
+        let len = prefix.len() - 1 + usize::from(done);
+        Hypothesis {
+            tokens: prefix[1..].to_vec(),
+            log_prob,
+            score: log_prob / length_penalty(len, alpha),
+            finished: done,
+        }
+    };
+    loop {
+        let mut src = Vec::new();
+        let mut rows = Vec::new();
+        for (b, beams) in live.iter().enumerate() {
+            for (p, _) in beams {
+                src.push(b);
+                rows.push(p.clone());
+            }
+        }
+        if rows.is_empty() {
+            break;
+        }
+        let lp = step(&src, &rows);
+        let mut r0 = 0;
+        for b in 0..n {
+            let beams = std::mem::take(&mut live[b]);
+            if beams.is_empty() {
+                continue;
+            }
+            // Candidates (score, beam, token), best first; ties go to the
+            // lower beam, then the lower token (as greedy's argmax).
+            let mut cand: Vec<(f64, usize, usize)> = Vec::new();
+            for (i, (_, s)) in beams.iter().enumerate() {
+                for (t, &l) in lp[r0 + i].iter().enumerate() {
+                    cand.push((s + l as f64, i, t));
+                }
+            }
+            r0 += beams.len();
+            cand.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+            let mut next = Vec::new();
+            for (s, i, t) in cand {
+                if next.len() == k || finished[b].len() >= k {
+                    break;
+                }
+                let mut p = beams[i].0.clone();
+                if t == eos {
+                    finished[b].push(finish(&p, s, true));
+                } else {
+                    p.push(t);
+                    next.push((p, s));
+                }
+            }
+            if finished[b].len() >= k {
+                continue;
+            }
+            if next.first().is_some_and(|(p, _)| p.len() > max_len[b]) {
+                finished[b].extend(next.iter().map(|(p, s)| finish(p, *s, false)));
+                continue;
+            }
+            live[b] = next;
+        }
+    }
+    finished
+        .into_iter()
+        .map(|hs| {
+            hs.into_iter()
+                .reduce(|best, h| if h.score > best.score { h } else { best })
+                .expect("every source has a hypothesis")
+        })
+        .collect()
+}
+
+/// Rows of `t` (axis 0) picked by `idx`.
+fn gather_rows(t: &Tensor<f32>, idx: &[usize]) -> Tensor<f32> {
+    let row = t.numel() / t.shape()[0].max(1);
+    let mut data = Vec::with_capacity(idx.len() * row);
+    for &i in idx {
+        data.extend_from_slice(&t.data()[i * row..(i + 1) * row]);
+    }
+    let mut shape = t.shape().to_vec();
+    shape[0] = idx.len();
+    Tensor::from_vec(data, &shape)
+}
+
+impl Transformer<f32> {
+    /// The paper's maximum output length per source: its length without
+    /// padding + 50, capped so that start token + output fit `max_len`.
+    pub fn max_output_len(&self, src: &TokenBatch) -> Vec<usize> {
+        let pad = self.config.pad_id;
+        (0..src.batch)
+            .map(|b| {
+                let n = src.row(b).iter().filter(|&&t| Some(t) != pad).count();
+                (n + 50).min(self.config.max_len - 1)
+            })
+            .collect()
+    }
+
+    /// Encodes once, then runs `search` with a step function that re-runs
+    /// the decoder on the prefixes, on a fresh no-grad tape per step (so
+    /// memory stays bounded and nothing is recorded).
+    fn search<R>(&self, src: &TokenBatch, search: impl FnOnce(&mut StepFn<'_>) -> R) -> R {
+        let (memory, src_mask) = {
+            let tape = Tape::no_grad();
+            let ctx = Ctx::new(&tape, false, 0);
+            let enc = self.encode(&ctx, src);
+            (enc.memory.value(), enc.src_mask)
+        };
+        let mut step = |rows_src: &[usize], prefixes: &[Vec<usize>]| -> Vec<Vec<f32>> {
+            let tape = Tape::no_grad();
+            let ctx = Ctx::new(&tape, false, 0);
+            let enc = Encoded {
+                memory: tape.constant(gather_rows(&memory, rows_src)),
+                src_mask: src_mask.as_ref().map(|m| gather_rows(m, rows_src)),
+            };
+            let len = prefixes[0].len();
+            let tgt = TokenBatch::new(prefixes.concat(), prefixes.len(), len);
+            // Last position's log-probabilities: (R, 1, V).
+            let lp = self
+                .decode(&ctx, &enc, &tgt)
+                .narrow(1, len - 1, 1)
+                .log_softmax()
+                .value();
+            let v = lp.shape()[2];
+            lp.data().chunks(v).map(<[f32]>::to_vec).collect()
+        };
+        search(&mut step)
+    }
+
+    /// Greedy decoding of a batch of sources (eval mode, no tape).
+    pub fn greedy_decode(&self, src: &TokenBatch, bos: usize, eos: usize) -> Vec<Hypothesis> {
+        let max_len = self.max_output_len(src);
+        self.search(src, |step| greedy(step, &max_len, bos, eos))
+    }
+
+    /// Beam search over a batch of sources (eval mode, no tape).
+    pub fn beam_search(
+        &self,
+        src: &TokenBatch,
+        bos: usize,
+        eos: usize,
+        k: usize,
+        alpha: f64,
+    ) -> Vec<Hypothesis> {
+        let max_len = self.max_output_len(src);
+        self.search(src, |step| beam(step, &max_len, bos, eos, k, alpha))
+    }
+}

@@ -1,0 +1,53 @@
+//! `FeedForward`: the position-wise network of the paper (section 3.3),
+//! `Linear(D, D_ff) -> activation -> dropout -> Linear(D_ff, D)`.
+
+use autograd::{Float, Var};
+
+use crate::{Activation, Ctx, Linear, Module, Rng, Visitor};
+
+/// Position-wise feed-forward network with a pluggable activation.
+///
+/// ```
+/// use autograd::{Tape, Tensor};
+/// use transformer::{rng, Activation, Ctx, FeedForward};
+/// let ff = FeedForward::<f32>::new(8, 32, Activation::Gelu, 0.0, &mut rng(0));
+/// let tape = Tape::new();
+/// let ctx = Ctx::new(&tape, false, 0);
+/// let y = ff.forward(&ctx, tape.constant(Tensor::ones(&[2, 3, 8]))); // (B, T, D)
+/// assert_eq!(y.shape(), vec![2, 3, 8]);
+/// ```
+pub struct FeedForward<T: Float = f32> {
+    pub w1: Linear<T>,
+    pub w2: Linear<T>,
+    pub activation: Activation,
+    /// Dropout after the activation.
+    pub dropout: f64,
+}
+
+impl<T: Float> FeedForward<T> {
+    pub fn new(d: usize, d_ff: usize, activation: Activation, dropout: f64, rng: &mut Rng) -> Self {
+        FeedForward {
+            w1: Linear::new(d, d_ff, true, rng),
+            w2: Linear::new(d_ff, d, true, rng),
+            activation,
+            dropout,
+        }
+    }
+
+    /// (B, T, D) -> (B, T, D)
+    pub fn forward<'t>(&self, ctx: &Ctx<'t, T>, x: Var<'t, T>) -> Var<'t, T> {
+        let h = self.w1.forward(ctx, x); // (B, T, D_ff)
+        let h = match self.activation {
+            Activation::Relu => h.relu(),
+            Activation::Gelu => h.gelu(),
+        };
+        self.w2.forward(ctx, ctx.dropout(h, self.dropout))
+    }
+}
+
+impl<T: Float> Module<T> for FeedForward<T> {
+    fn visit(&mut self, v: &mut Visitor<'_, T>) {
+        v.module("w1", &mut self.w1);
+        v.module("w2", &mut self.w2);
+    }
+}
