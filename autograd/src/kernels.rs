@@ -399,75 +399,9 @@ impl<T: Float> Tensor<T> {
         trans_b: bool,
         op: &str,
     ) -> Tensor<T> {
-        let (a, b) = (self, other);
-        assert!(
-            a.ndim() >= 2 && b.ndim() >= 2,
-            "{op}: operands need at least 2 axes, got shapes {:?} and {:?}",
-            a.shape(),
-            b.shape()
-        );
-        let (ar, ac) = (a.shape()[a.ndim() - 2], a.shape()[a.ndim() - 1]);
-        let (br, bc) = (b.shape()[b.ndim() - 2], b.shape()[b.ndim() - 1]);
-        let (m, k) = if trans_a { (ac, ar) } else { (ar, ac) };
-        let (k2, n) = if trans_b { (bc, br) } else { (br, bc) };
-        assert!(
-            k == k2,
-            "{op}: inner dimensions differ: shapes {:?} and {:?}",
-            a.shape(),
-            b.shape()
-        );
-        let (ba, bb) = (&a.shape()[..a.ndim() - 2], &b.shape()[..b.ndim() - 2]);
-        let batch = broadcast_shapes(ba, bb, op);
-        let nb = numel(&batch);
-        let mut shape = batch.clone();
-        shape.extend([m, n]);
-        // Logical strides of op(A) and op(B) inside one matrix.
-        let (rsa, csa) = if trans_a { (1, ac) } else { (ac, 1) };
-        let (rsb, csb) = if trans_b { (1, bc) } else { (bc, 1) };
-        let mut out = vec![T::ZERO; nb * m * n];
-        if m == 0 || n == 0 {
-            return Tensor::from_vec(out, &shape);
-        }
-        // A stack of matrices times one matrix: one tall gemm.
-        if bb.is_empty() && !trans_a {
-            gemm_rows(
-                numel(ba) * m,
-                k,
-                n,
-                a.data(),
-                rsa,
-                csa,
-                b.data(),
-                rsb,
-                csb,
-                &mut out,
-            );
-            return Tensor::from_vec(out, &shape);
-        }
-        let (sa, sb) = (broadcast_strides(ba, &batch), broadcast_strides(bb, &batch));
-        let (ma, mb) = (ar * ac, br * bc);
-        let offset = |i: usize, st: &[usize]| -> usize {
-            let (mut i, mut off) = (i, 0);
-            for ax in (0..batch.len()).rev() {
-                off += (i % batch[ax]) * st[ax];
-                i /= batch[ax];
-            }
-            off
-        };
-        let one = |i: usize, c: &mut [T]| {
-            let pa = &a.data()[offset(i, &sa) * ma..];
-            let pb = &b.data()[offset(i, &sb) * mb..];
-            gemm_rows(m, k, n, pa, rsa, csa, pb, rsb, csb, c);
-        };
-        if nb > 1 && nb * m * n * k >= GEMM_PAR_MIN_FLOPS {
-            out.par_chunks_mut(m * n)
-                .enumerate()
-                .for_each(|(i, c)| one(i, c));
-        } else {
-            out.chunks_mut(m * n)
-                .enumerate()
-                .for_each(|(i, c)| one(i, c));
-        }
+        let shape = matmul_shape(self, other, trans_a, trans_b, op);
+        let mut out = vec![T::ZERO; numel(&shape)];
+        matmul_into(self, other, trans_a, trans_b, op, &mut out);
         Tensor::from_vec(out, &shape)
     }
 
@@ -477,12 +411,113 @@ impl<T: Float> Tensor<T> {
     }
 }
 
+/// Output shape of `op(A) op(B)` (see [`Tensor::matmul_ex`]); panics naming
+/// `op` and both shapes when they do not fit.
+pub fn matmul_shape<T: Float>(
+    a: &Tensor<T>,
+    b: &Tensor<T>,
+    trans_a: bool,
+    trans_b: bool,
+    op: &str,
+) -> Vec<usize> {
+    assert!(
+        a.ndim() >= 2 && b.ndim() >= 2,
+        "{op}: operands need at least 2 axes, got shapes {:?} and {:?}",
+        a.shape(),
+        b.shape()
+    );
+    let (ar, ac) = (a.shape()[a.ndim() - 2], a.shape()[a.ndim() - 1]);
+    let (br, bc) = (b.shape()[b.ndim() - 2], b.shape()[b.ndim() - 1]);
+    let (m, k) = if trans_a { (ac, ar) } else { (ar, ac) };
+    let (k2, n) = if trans_b { (bc, br) } else { (br, bc) };
+    assert!(
+        k == k2,
+        "{op}: inner dimensions differ: shapes {:?} and {:?}",
+        a.shape(),
+        b.shape()
+    );
+    let mut shape = broadcast_shapes(&a.shape()[..a.ndim() - 2], &b.shape()[..b.ndim() - 2], op);
+    shape.extend([m, n]);
+    shape
+}
+
+/// `op(A) op(B)` written into a preallocated `out` (overwritten), of the
+/// shape [`matmul_shape`] gives. Products over the batch run in parallel
+/// when large; a stack of matrices times one matrix is one tall `gemm`.
+pub fn matmul_into<T: Float>(
+    a: &Tensor<T>,
+    b: &Tensor<T>,
+    trans_a: bool,
+    trans_b: bool,
+    op: &str,
+    out: &mut [T],
+) {
+    let shape = matmul_shape(a, b, trans_a, trans_b, op);
+    assert!(
+        out.len() == numel(&shape),
+        "{op}: output buffer of {} elements for shape {shape:?}",
+        out.len()
+    );
+    let (ar, ac) = (a.shape()[a.ndim() - 2], a.shape()[a.ndim() - 1]);
+    let (br, bc) = (b.shape()[b.ndim() - 2], b.shape()[b.ndim() - 1]);
+    let (m, n) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+    let k = if trans_a { ar } else { ac };
+    let batch = &shape[..shape.len() - 2];
+    let nb = numel(batch);
+    let (ba, bb) = (&a.shape()[..a.ndim() - 2], &b.shape()[..b.ndim() - 2]);
+    // Logical strides of op(A) and op(B) inside one matrix.
+    let (rsa, csa) = if trans_a { (1, ac) } else { (ac, 1) };
+    let (rsb, csb) = if trans_b { (1, bc) } else { (bc, 1) };
+    if m == 0 || n == 0 {
+        return;
+    }
+    if bb.is_empty() && !trans_a {
+        gemm_rows(
+            numel(ba) * m,
+            k,
+            n,
+            a.data(),
+            rsa,
+            csa,
+            b.data(),
+            rsb,
+            csb,
+            out,
+        );
+        return;
+    }
+    let (sa, sb) = (broadcast_strides(ba, batch), broadcast_strides(bb, batch));
+    let (ma, mb) = (ar * ac, br * bc);
+    let offset = |i: usize, st: &[usize]| -> usize {
+        let (mut i, mut off) = (i, 0);
+        for ax in (0..batch.len()).rev() {
+            off += (i % batch[ax]) * st[ax];
+            i /= batch[ax];
+        }
+        off
+    };
+    let one = |i: usize, c: &mut [T]| {
+        let pa = &a.data()[offset(i, &sa) * ma..];
+        let pb = &b.data()[offset(i, &sb) * mb..];
+        gemm_rows(m, k, n, pa, rsa, csa, pb, rsb, csb, c);
+    };
+    if nb > 1 && nb * m * n * k >= GEMM_PAR_MIN_FLOPS {
+        out.par_chunks_mut(m * n)
+            .enumerate()
+            .for_each(|(i, c)| one(i, c));
+    } else {
+        out.chunks_mut(m * n)
+            .enumerate()
+            .for_each(|(i, c)| one(i, c));
+    }
+}
+
 /// `C (m x n) = A (m x k) B (k x n)` with arbitrary strides for A and B and a
 /// contiguous C. Large products are split into fixed blocks of rows, run in
 /// parallel; each row block is an independent `gemm`, so the arithmetic of
 /// every element is the same whatever the thread count.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_rows<T: Float>(
+pub fn gemm_rows<T: Float>(
     m: usize,
     k: usize,
     n: usize,

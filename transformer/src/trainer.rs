@@ -47,8 +47,10 @@ pub struct StepStats {
 /// Model + optimiser + schedule + step + RNG.
 ///
 /// ```
+/// use transformer::schedule::Schedule;
 /// use transformer::{ModelConfig, TokenBatch, Trainer, TrainConfig};
-/// let mut t = Trainer::new(ModelConfig::tiny(8, 8), TrainConfig::paper(32), 0).unwrap();
+/// let train = TrainConfig { schedule: Schedule::Constant { lr: 1e-3 }, ..TrainConfig::paper(32) };
+/// let mut t = Trainer::new(ModelConfig::tiny(8, 8), train, 0).unwrap();
 /// let src = TokenBatch::padded(&[vec![3, 4, 5]], 0);
 /// let tgt_in = TokenBatch::padded(&[vec![1, 3, 4, 5]], 0);
 /// let labels = [3, 4, 5, 2];

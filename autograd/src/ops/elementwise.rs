@@ -28,6 +28,10 @@ pub const OPS: &[&str] = &[
 const GELU_C: f64 = 0.797_884_560_802_865_4;
 const GELU_A: f64 = 0.044_715;
 
+// `add`, `sub`, `mul`, `div` and `neg` are methods on purpose (chaining
+// reads well: `x.add(b).relu()`); the `std::ops` traits are implemented
+// below and call them.
+#[allow(clippy::should_implement_trait)]
 impl<'t, T: Float> Var<'t, T> {
     /// A pointwise op `y = f(x)` whose derivative is `df(x, y)`.
     fn pointwise(

@@ -42,12 +42,16 @@ pub(crate) fn softmax_row<T: Float>(x: &[T], out: &mut [T]) {
     }
 }
 
-/// `log(sum(exp(x)))` of one row, stably (`-inf` for a fully masked row).
-fn logsumexp<T: Float>(x: &[T]) -> T {
-    match row_max(x) {
-        None => T::NEG_INFINITY,
-        Some(m) => m + x.iter().map(|&v| (v - m).exp()).sum::<T>().ln(),
-    }
+/// `log(sum(exp(x)))` of one row, stably, split as `(m, l)` with `m` the row
+/// max and `l = log(sum(exp(x - m)))`; `None` for a fully masked row.
+///
+/// Fix (found by the test suite): callers compute `(x - m) - l`, never
+/// `x - (m + l)`. Adding `l` to `m` first rounds it to the precision of `m`:
+/// at |x| ~ 1e4 in f32 (ulp 1e-3) log_softmax([1e4, 1e4 - 1]) came out as
+/// -0.31348 instead of -0.31326, and cross-entropy carried the same error.
+fn logsumexp_parts<T: Float>(x: &[T]) -> Option<(T, T)> {
+    let m = row_max(x)?;
+    Some((m, x.iter().map(|&v| (v - m).exp()).sum::<T>().ln()))
 }
 
 impl<'t, T: Float> Var<'t, T> {
@@ -69,14 +73,12 @@ impl<'t, T: Float> Var<'t, T> {
     /// Log-softmax over the last axis: `x - logsumexp(x)`.
     /// Backward: `dx = g - softmax(x) * sum(g)` per row.
     pub fn log_softmax(self) -> Var<'t, T> {
-        let y = self.value().map_rows(|x, out| {
-            let lse = logsumexp(x);
-            for (o, &v) in out.iter_mut().zip(x) {
-                *o = if lse == T::NEG_INFINITY {
-                    T::NEG_INFINITY
-                } else {
-                    v - lse
-                };
+        let y = self.value().map_rows(|x, out| match logsumexp_parts(x) {
+            None => out.fill(T::NEG_INFINITY),
+            Some((m, l)) => {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = (v - m) - l;
+                }
             }
         });
         let saved = y.clone();
@@ -316,9 +318,10 @@ impl<'t, T: Float> Var<'t, T> {
             if !valid(t) {
                 continue;
             }
-            let lse = logsumexp(xr);
+            // lse = m + l; a fully masked row keeps lse = -inf (a NaN loss).
+            let (m, l) = logsumexp_parts(xr).unwrap_or((T::NEG_INFINITY, T::ZERO));
             let mean_x: T = xr.iter().copied().sum::<T>() * inv_v;
-            total += one_m * (lse - xr[t]) + e * (lse - mean_x);
+            total += one_m * ((m - xr[t]) + l) + e * ((m - mean_x) + l);
         }
         let inv_n = if n > 0 {
             T::ONE / T::from_usize(n)

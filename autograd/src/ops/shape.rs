@@ -106,7 +106,7 @@ impl<'t, T: Float> Var<'t, T> {
     pub fn split_heads(self, heads: usize) -> Var<'t, T> {
         let s = self.shape();
         assert!(
-            s.len() == 3 && heads > 0 && s[2] % heads == 0,
+            s.len() == 3 && heads > 0 && s[2].is_multiple_of(heads),
             "split_heads: shape {s:?} is not (B, T, D) with D divisible by {heads} heads"
         );
         let (b, t, d) = (s[0], s[1], s[2]);

@@ -1,0 +1,617 @@
+//! The whole encoder-decoder.
+//!
+//! - Gradient checks (f64, `gradcheck_module`, default tolerances) of a tiny
+//!   model through the label-smoothed loss, for every norm kind x placement
+//!   x residual (12 combinations), for every tying and positional kind, with
+//!   dropout in train mode, and a proptest over random batches and seeds.
+//! - The causal property: logits at position t do not depend on target
+//!   tokens after t (LayerNorm; and BatchNorm in eval mode), and the
+//!   documented leak of BatchNorm statistics in train mode.
+//! - The padding property: outputs do not depend on how much padding a
+//!   source has, on what the padded positions hold, or on the other
+//!   sequences of the batch.
+//! - Determinism: same seeds, same bits.
+
+use autograd::check::{GradcheckConfig, GradcheckReport};
+use autograd::{Float, Tape, Tensor};
+use proptest::prelude::*;
+use transformer::{
+    Activation, Ctx, ModelConfig, NormKind, NormScope, Placement, PositionalKind, TokenBatch,
+    Transformer, Tying, gradcheck_module, named_params, param_count,
+};
+
+const PAD: usize = 0;
+const BOS: usize = 1;
+
+/// The tiny model of the gradient checks: d_model 4, 2 heads, d_ff 8, 1 + 1
+/// layers, vocabulary 6 (one shared matrix), max_len 8, no dropout.
+fn tiny(norm: NormKind, placement: Placement, residual: bool) -> ModelConfig {
+    ModelConfig {
+        d_model: 4,
+        heads: 2,
+        d_ff: 8,
+        encoder_layers: 1,
+        decoder_layers: 1,
+        dropout: 0.0,
+        attention_dropout: 0.0,
+        ffn_dropout: 0.0,
+        norm,
+        placement,
+        residual,
+        max_len: 8,
+        ..ModelConfig::tiny(6, 6)
+    }
+}
+
+/// Batch of 2 with padding on both sides: source (2, 4), decoder input
+/// (2, 4) and labels (padding labels are ignored by the loss).
+fn batch() -> (TokenBatch, TokenBatch, Vec<usize>) {
+    let src = TokenBatch::padded(&[vec![3, 4, 5, 2], vec![2, 5]], PAD);
+    let tgt_in = TokenBatch::padded(&[vec![BOS, 3, 4, 5], vec![BOS, 5, 3]], PAD);
+    let labels = vec![3, 4, 5, 2, 5, 3, 2, PAD];
+    (src, tgt_in, labels)
+}
+
+/// Gradient check of the loss with respect to every parameter.
+fn grad_model(
+    cfg: &ModelConfig,
+    seed: u64,
+    train: bool,
+    data: &(TokenBatch, TokenBatch, Vec<usize>),
+) -> (GradcheckReport, usize) {
+    let mut m = Transformer::<f64>::new(cfg, seed).unwrap();
+    let n = param_count(&mut m);
+    let (src, tgt_in, labels) = data;
+    let report = gradcheck_module(
+        &mut m,
+        &[],
+        train,
+        &GradcheckConfig::default(),
+        |m, ctx, _| {
+            let logits = m.forward(ctx, src, tgt_in);
+            m.loss(logits, labels, 0.1)
+        },
+    );
+    (report, n)
+}
+
+fn assert_grad_model(cfg: &ModelConfig, train: bool, ops: &[&str]) {
+    let (report, n) = grad_model(cfg, 7, train, &batch());
+    assert!(report.passed(), "{cfg:?} (train {train}): {report}");
+    assert_eq!(report.checked, n, "every parameter element is checked");
+    for op in ["embedding", "masked_fill", "softmax", "cross_entropy"]
+        .iter()
+        .chain(ops)
+    {
+        assert!(
+            report.ops.contains(op),
+            "op `{op}` not recorded for {cfg:?}: {:?}",
+            report.ops
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Gradient checks
+// ---------------------------------------------------------------------------
+
+/// Norm kind x placement x residual: all 12 combinations, ReLU, tied
+/// embeddings, sinusoidal positions, padding on both sides, no dropout.
+#[test]
+fn gradcheck_every_norm_placement_residual_combination() {
+    for norm in [NormKind::Layer, NormKind::Batch, NormKind::None] {
+        for placement in [Placement::Post, Placement::Pre] {
+            for residual in [true, false] {
+                let ops: &[&str] = match norm {
+                    NormKind::Layer => &["layer_norm", "relu"],
+                    NormKind::Batch => &["sqrt", "relu"],
+                    NormKind::None => &["relu"],
+                };
+                // BatchNorm is checked in train mode (batch statistics).
+                let train = norm == NormKind::Batch;
+                assert_grad_model(&tiny(norm, placement, residual), train, ops);
+            }
+        }
+    }
+}
+
+#[test]
+fn gradcheck_every_tying_and_positional_kind() {
+    let base = tiny(NormKind::Layer, Placement::Post, true);
+    for tying in [Tying::None, Tying::Output, Tying::All] {
+        for positional in [
+            PositionalKind::Sinusoidal,
+            PositionalKind::Learned,
+            PositionalKind::None,
+        ] {
+            let cfg = ModelConfig {
+                tying,
+                positional,
+                ..base.clone()
+            };
+            let ops: &[&str] = if tying == Tying::None {
+                &["matmul"]
+            } else {
+                &["matmul_t"]
+            };
+            assert_grad_model(&cfg, false, ops);
+        }
+    }
+}
+
+/// Dropout 0.1 everywhere (sublayers, embeddings, attention weights,
+/// feed-forward) in train mode: `gradcheck_module` reuses one seed.
+#[test]
+fn gradcheck_with_dropout_in_train_mode() {
+    for norm in [NormKind::Layer, NormKind::Batch] {
+        let cfg = ModelConfig {
+            dropout: 0.1,
+            attention_dropout: 0.1,
+            ffn_dropout: 0.1,
+            ..tiny(norm, Placement::Pre, true)
+        };
+        assert_grad_model(&cfg, true, &["dropout"]);
+    }
+}
+
+/// Other knobs: GELU, BatchNorm in the encoder only, two layers per stack,
+/// separate vocabularies, no padding id, BatchNorm in eval mode.
+#[test]
+fn gradcheck_other_knobs() {
+    let base = tiny(NormKind::Layer, Placement::Post, true);
+    assert_grad_model(
+        &ModelConfig {
+            activation: Activation::Gelu,
+            ..base.clone()
+        },
+        false,
+        &["gelu"],
+    );
+    let enc_only = ModelConfig {
+        norm: NormKind::Batch,
+        norm_scope: NormScope::EncoderOnly,
+        ..base.clone()
+    };
+    assert_grad_model(&enc_only, true, &["layer_norm", "sqrt"]);
+    let deep = ModelConfig {
+        encoder_layers: 2,
+        decoder_layers: 2,
+        placement: Placement::Pre,
+        ..base.clone()
+    };
+    assert_grad_model(&deep, false, &["layer_norm"]);
+    let two_vocabs = ModelConfig {
+        src_vocab: 7,
+        tying: Tying::Output,
+        ..base.clone()
+    };
+    assert_grad_model(&two_vocabs, false, &[]);
+
+    // BatchNorm in eval mode, after a few training forwards moved the
+    // running statistics.
+    let cfg = tiny(NormKind::Batch, Placement::Post, true);
+    let mut m = Transformer::<f64>::new(&cfg, 3).unwrap();
+    let (src, tgt_in, labels) = batch();
+    for step in 0..3 {
+        let tape = Tape::no_grad();
+        let ctx = Ctx::new(&tape, true, step);
+        m.forward(&ctx, &src, &tgt_in);
+    }
+    let report = gradcheck_module(
+        &mut m,
+        &[],
+        false,
+        &GradcheckConfig::default(),
+        |m, ctx, _| m.loss(m.forward(ctx, &src, &tgt_in), &labels, 0.1),
+    );
+    assert!(report.passed(), "{report}");
+}
+
+/// A random batch: 2 sequences per side, lengths 1..=5 (so usually some
+/// padding), real ids in 2..6, the decoder input starting with BOS.
+fn random_batch() -> impl Strategy<Value = (TokenBatch, TokenBatch, Vec<usize>)> {
+    let seq = |first: Option<usize>| {
+        proptest::collection::vec(2usize..6, 1..=5).prop_map(move |mut s| {
+            if let Some(f) = first {
+                s[0] = f;
+            }
+            s
+        })
+    };
+    (
+        seq(None),
+        seq(None),
+        seq(Some(BOS)),
+        seq(Some(BOS)),
+        any::<u64>(),
+    )
+        .prop_map(|(s0, s1, t0, t1, r)| {
+            let src = TokenBatch::padded(&[s0, s1], PAD);
+            let tgt_in = TokenBatch::padded(&[t0, t1], PAD);
+            // Labels: a real label where the decoder input is real, else padding.
+            let labels = tgt_in
+                .ids
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| {
+                    if i == PAD {
+                        PAD
+                    } else {
+                        2 + (r as usize >> (k % 32)) % 4
+                    }
+                })
+                .collect();
+            (src, tgt_in, labels)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(4),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Random batches and initialisations, every norm x placement x residual
+    /// (GELU, which has no kink for a random case to land on).
+    #[test]
+    fn gradcheck_random_batches(data in random_batch(), seed in any::<u64>()) {
+        for norm in [NormKind::Layer, NormKind::Batch, NormKind::None] {
+            for placement in [Placement::Post, Placement::Pre] {
+                for residual in [true, false] {
+                    let cfg = ModelConfig {
+                        activation: Activation::Gelu,
+                        ..tiny(norm, placement, residual)
+                    };
+                    let (report, n) = grad_model(&cfg, seed, norm == NormKind::Batch, &data);
+                    prop_assert!(report.passed(), "{:?} {:?} residual={}: {}", norm, placement, residual, report);
+                    prop_assert_eq!(report.checked, n);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers for the properties
+// ---------------------------------------------------------------------------
+
+/// Logits (B, T, V) of a forward pass on a no-grad tape.
+fn logits<T: Float>(
+    m: &Transformer<T>,
+    src: &TokenBatch,
+    tgt_in: &TokenBatch,
+    train: bool,
+    seed: u64,
+) -> Tensor<T> {
+    let tape = Tape::no_grad();
+    let ctx = Ctx::new(&tape, train, seed);
+    m.forward(&ctx, src, tgt_in).value()
+}
+
+/// Largest difference between `a[b, t, :]` and `c[b2, t, :]`.
+fn row_diff<T: Float>(a: &Tensor<T>, b: usize, c: &Tensor<T>, b2: usize, t: usize) -> f64 {
+    let v = a.dim(-1);
+    (0..v)
+        .map(|j| (a.at(&[b, t, j]).to_f64() - c.at(&[b2, t, j]).to_f64()).abs())
+        .fold(0.0, f64::max)
+}
+
+fn small(norm: NormKind, placement: Placement) -> ModelConfig {
+    ModelConfig {
+        d_model: 16,
+        heads: 2,
+        d_ff: 32,
+        encoder_layers: 2,
+        decoder_layers: 2,
+        norm,
+        placement,
+        max_len: 16,
+        ..ModelConfig::tiny(10, 10)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Causal property
+// ---------------------------------------------------------------------------
+
+/// For every t: replacing the decoder input after t changes no logit at
+/// positions <= t (and does change some later one).
+fn check_causal<T: Float>(m: &Transformer<T>, train: bool, tol: f64) {
+    let src = TokenBatch::padded(&[vec![3, 4, 5, 6, 7], vec![8, 9, 3]], PAD);
+    let tgt = TokenBatch::padded(&[vec![BOS, 4, 5, 6, 7, 8], vec![BOS, 9, 8, 7]], PAD);
+    let base = logits(m, &src, &tgt, train, 0);
+    let t_len = tgt.len;
+    for t in 0..t_len - 1 {
+        let mut ids = tgt.ids.clone();
+        for b in 0..2 {
+            for j in t + 1..t_len {
+                let k = b * t_len + j;
+                ids[k] = if ids[k] == PAD {
+                    PAD
+                } else {
+                    2 + (ids[k] + 3 + j) % 8
+                };
+            }
+        }
+        let changed = TokenBatch::new(ids, 2, t_len);
+        let out = logits(m, &src, &changed, train, 0);
+        for b in 0..2 {
+            for j in 0..=t {
+                let d = row_diff(&base, b, &out, b, j);
+                assert!(
+                    d <= tol,
+                    "position {j} moved by {d:e} when tokens after {t} changed"
+                );
+            }
+        }
+        let later = (t + 1..t_len)
+            .map(|j| row_diff(&base, 0, &out, 0, j))
+            .fold(0.0, f64::max);
+        assert!(
+            later > 1e-4,
+            "changing tokens after {t} changed nothing after it"
+        );
+    }
+}
+
+#[test]
+fn causal_layer_norm_model_f64() {
+    for placement in [Placement::Post, Placement::Pre] {
+        let m = Transformer::<f64>::new(&small(NormKind::Layer, placement), 11).unwrap();
+        check_causal(&m, false, 1e-12);
+    }
+}
+
+#[test]
+fn causal_layer_norm_model_f32() {
+    let m = Transformer::<f32>::new(&small(NormKind::Layer, Placement::Post), 12).unwrap();
+    check_causal(&m, false, 1e-6);
+    // Train mode too (dropout 0.1, same seed in both runs: same masks).
+    check_causal(&m, true, 1e-6);
+}
+
+/// In eval mode BatchNorm uses running statistics: no leak.
+#[test]
+fn causal_batch_norm_model_in_eval_mode() {
+    let cfg = small(NormKind::Batch, Placement::Post);
+    let m = Transformer::<f64>::new(&cfg, 13).unwrap();
+    let src = TokenBatch::padded(&[vec![3, 4, 5]], PAD);
+    let tgt = TokenBatch::padded(&[vec![BOS, 4, 5]], PAD);
+    logits(&m, &src, &tgt, true, 0); // move the running statistics
+    check_causal(&m, false, 1e-12);
+}
+
+/// The pitfall the BatchNorm docs describe: in train mode, batch statistics
+/// let future target tokens change past logits.
+#[test]
+fn batch_norm_decoder_leaks_the_future_in_train_mode() {
+    let cfg = ModelConfig {
+        dropout: 0.0,
+        ..small(NormKind::Batch, Placement::Post)
+    };
+    let m = Transformer::<f64>::new(&cfg, 14).unwrap();
+    let src = TokenBatch::padded(&[vec![3, 4, 5, 6]], PAD);
+    let tgt = TokenBatch::padded(&[vec![BOS, 4, 5, 6]], PAD);
+    let changed = TokenBatch::padded(&[vec![BOS, 4, 5, 9]], PAD);
+    let (a, b) = (
+        logits(&m, &src, &tgt, true, 0),
+        logits(&m, &src, &changed, true, 0),
+    );
+    assert!(
+        row_diff(&a, 0, &b, 0, 0) > 1e-6,
+        "no leak: BatchNorm statistics ignore the future?"
+    );
+    // Encoder-only BatchNorm keeps the decoder causal in train mode.
+    let cfg = ModelConfig {
+        norm_scope: NormScope::EncoderOnly,
+        ..cfg
+    };
+    let m = Transformer::<f64>::new(&cfg, 14).unwrap();
+    let (a, b) = (
+        logits(&m, &src, &tgt, true, 0),
+        logits(&m, &src, &changed, true, 0),
+    );
+    for t in 0..3 {
+        assert!(row_diff(&a, 0, &b, 0, t) <= 1e-12);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Padding property
+// ---------------------------------------------------------------------------
+
+/// `seqs` each padded to `len` (at least the longest).
+fn padded_to(seqs: &[Vec<usize>], len: usize) -> TokenBatch {
+    let mut ids = Vec::new();
+    for s in seqs {
+        ids.extend_from_slice(s);
+        ids.extend(std::iter::repeat_n(PAD, len - s.len()));
+    }
+    TokenBatch::new(ids, seqs.len(), len)
+}
+
+fn padding_sources() -> (Vec<Vec<usize>>, TokenBatch) {
+    let src = vec![vec![3, 4, 5, 6, 7], vec![8, 9, 3]];
+    let tgt = TokenBatch::padded(&[vec![BOS, 4, 5, 6], vec![BOS, 9, 8]], PAD);
+    (src, tgt)
+}
+
+/// Padding a source to 5 or to 7 changes no logit, for LayerNorm (eval and
+/// train) and for BatchNorm (train: the statistics skip padding; eval).
+#[test]
+fn the_amount_of_source_padding_changes_nothing() {
+    let (src, tgt) = padding_sources();
+    let (short, long) = (padded_to(&src, 5), padded_to(&src, 7));
+    for norm in [NormKind::Layer, NormKind::Batch] {
+        for placement in [Placement::Post, Placement::Pre] {
+            let cfg = ModelConfig {
+                dropout: 0.0,
+                ..small(norm, placement)
+            };
+            let m = Transformer::<f32>::new(&cfg, 21).unwrap();
+            for train in [false, true] {
+                let a = logits(&m, &short, &tgt, train, 5);
+                let b = logits(&m, &long, &tgt, train, 5);
+                for bi in 0..2 {
+                    for t in 0..tgt.len {
+                        let d = row_diff(&a, bi, &b, bi, t);
+                        assert!(
+                            d <= 1e-5,
+                            "{norm:?} {placement:?} train={train}: [{bi}, {t}] moved by {d:e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the padded positions hold cannot matter: changing the padding
+/// token's embedding row (the only thing a padded source position carries
+/// besides its position) changes no logit.
+#[test]
+fn values_at_padded_source_positions_change_nothing() {
+    let (src, tgt) = padding_sources();
+    let src = padded_to(&src, 6);
+    for norm in [NormKind::Layer, NormKind::Batch] {
+        let cfg = ModelConfig {
+            dropout: 0.0,
+            tying: Tying::None,
+            ..small(norm, Placement::Post)
+        };
+        let mut m = Transformer::<f32>::new(&cfg, 22).unwrap();
+        for train in [false, true] {
+            let a = logits(&m, &src, &tgt, train, 5);
+            let w = &mut m.src_embed.weight.value;
+            for j in 0..w.dim(1) {
+                w.data_mut()[PAD * 16 + j] += 3.0 + j as f32;
+            }
+            let b = logits(&m, &src, &tgt, train, 5);
+            for bi in 0..2 {
+                for t in 0..tgt.len {
+                    let d = row_diff(&a, bi, &b, bi, t);
+                    assert!(
+                        d <= 1e-6,
+                        "{norm:?} train={train}: [{bi}, {t}] moved by {d:e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// With LayerNorm, a sequence's logits do not depend on its batch mates
+/// (decoded alone, without padding, or beside a longer sequence).
+#[test]
+fn batch_mates_change_nothing_with_layer_norm() {
+    let (src, _) = padding_sources();
+    let tgt_b = vec![BOS, 9, 8];
+    let alone = logits(
+        &Transformer::<f32>::new(&small(NormKind::Layer, Placement::Post), 23).unwrap(),
+        &padded_to(&src[1..], 3),
+        &TokenBatch::padded(std::slice::from_ref(&tgt_b), PAD),
+        false,
+        0,
+    );
+    let m = Transformer::<f32>::new(&small(NormKind::Layer, Placement::Post), 23).unwrap();
+    for other_tgt in [vec![BOS, 4, 5, 6, 7], vec![BOS, 4]] {
+        let tgt = TokenBatch::padded(&[other_tgt, tgt_b.clone()], PAD);
+        let both = logits(&m, &padded_to(&src, 5), &tgt, false, 0);
+        for t in 0..tgt_b.len() {
+            let d = row_diff(&alone, 0, &both, 1, t);
+            assert!(
+                d <= 1e-5,
+                "position {t} moved by {d:e} beside another sequence"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Determinism
+// ---------------------------------------------------------------------------
+
+#[test]
+fn same_seed_same_bits_different_seed_different_model() {
+    let cfg = small(NormKind::Layer, Placement::Post);
+    let (src, tgt) = padding_sources();
+    let src = padded_to(&src, 5);
+    let a = Transformer::<f32>::new(&cfg, 1).unwrap();
+    let b = Transformer::<f32>::new(&cfg, 1).unwrap();
+    let c = Transformer::<f32>::new(&cfg, 2).unwrap();
+    for train in [false, true] {
+        let la = logits(&a, &src, &tgt, train, 9);
+        assert!(la.all_finite());
+        assert!(
+            la.bit_eq(&logits(&a, &src, &tgt, train, 9)),
+            "twice on one model"
+        );
+        assert!(
+            la.bit_eq(&logits(&b, &src, &tgt, train, 9)),
+            "two models of one seed"
+        );
+        assert!(
+            la.max_abs_diff(&logits(&c, &src, &tgt, train, 9)) > 1e-3,
+            "seeds 1 and 2 agree"
+        );
+    }
+    let mut pa = Transformer::<f32>::new(&cfg, 1).unwrap();
+    let mut pb = Transformer::<f32>::new(&cfg, 1).unwrap();
+    for ((na, a), (nb, b)) in named_params(&mut pa).iter().zip(&named_params(&mut pb)) {
+        assert_eq!(na, nb);
+        assert!(a.value.bit_eq(&b.value), "{na}");
+    }
+}
+
+#[test]
+fn train_mode_dropout_is_fixed_by_the_ctx_seed() {
+    let cfg = small(NormKind::Layer, Placement::Post);
+    assert!(cfg.dropout > 0.0);
+    let m = Transformer::<f32>::new(&cfg, 3).unwrap();
+    let (src, tgt) = padding_sources();
+    let src = padded_to(&src, 5);
+    let a = logits(&m, &src, &tgt, true, 100);
+    assert!(
+        a.bit_eq(&logits(&m, &src, &tgt, true, 100)),
+        "same ctx seed, different dropout"
+    );
+    assert!(
+        a.max_abs_diff(&logits(&m, &src, &tgt, true, 101)) > 1e-4,
+        "ctx seed ignored"
+    );
+    let eval = logits(&m, &src, &tgt, false, 100);
+    assert!(a.max_abs_diff(&eval) > 1e-4, "train mode without dropout");
+    assert!(
+        eval.bit_eq(&logits(&m, &src, &tgt, false, 7)),
+        "eval mode depends on the seed"
+    );
+
+    // Gradients are reproducible too.
+    let mut m = m;
+    let params = named_params(&mut m);
+    let labels: Vec<usize> = tgt
+        .ids
+        .iter()
+        .map(|&i| if i == PAD { PAD } else { (i + 1) % 10 })
+        .collect();
+    let grads = |seed: u64| {
+        let tape = Tape::new();
+        let ctx = Ctx::new(&tape, true, seed);
+        let loss = m.loss(m.forward(&ctx, &src, &tgt), &labels, 0.1);
+        let g = tape.backward(loss);
+        params
+            .iter()
+            .map(|(_, p)| g.param(p).cloned())
+            .collect::<Vec<_>>()
+    };
+    let (g1, g2) = (grads(5), grads(5));
+    assert!(!g1.is_empty());
+    for (a, b) in g1.iter().zip(&g2) {
+        let (a, b) = (
+            a.as_ref().expect("every parameter has a gradient"),
+            b.as_ref().unwrap(),
+        );
+        assert!(a.bit_eq(b));
+    }
+}
