@@ -101,7 +101,7 @@ fn softmax_is_thread_independent() {
         let tape = Tape::new();
         let v = tape.leaf(x.clone());
         let (s, ls) = (v.softmax(), v.log_softmax());
-        let r = Tensor::randn(&x.shape().to_vec(), 0.0, 1.0, 11);
+        let r = Tensor::randn(x.shape(), 0.0, 1.0, 11);
         let gs = tape.backward_with(s, r.clone());
         let gl = tape.backward_with(ls, r);
         vec![s.value(), ls.value(), gs.wrt(v).clone(), gl.wrt(v).clone()]

@@ -66,7 +66,7 @@ pub struct MultiHeadAttention<T: Float = f32> {
 impl<T: Float> MultiHeadAttention<T> {
     pub fn new(d_model: usize, heads: usize, dropout: f64, rng: &mut Rng) -> Self {
         assert!(
-            heads > 0 && d_model % heads == 0,
+            heads > 0 && d_model.is_multiple_of(heads),
             "MultiHeadAttention: d_model {d_model} is not divisible by {heads} heads"
         );
         MultiHeadAttention {

@@ -202,13 +202,13 @@ impl ModelConfig {
                 return Err(format!("config: {name} must be at least 1"));
             }
         }
-        if self.d_model % self.heads != 0 {
+        if !self.d_model.is_multiple_of(self.heads) {
             return Err(format!(
                 "config: d_model {} is not divisible by heads {} (d_k = d_model / heads must be whole)",
                 self.d_model, self.heads
             ));
         }
-        if self.positional == PositionalKind::Sinusoidal && self.d_model % 2 != 0 {
+        if self.positional == PositionalKind::Sinusoidal && !self.d_model.is_multiple_of(2) {
             return Err(format!(
                 "config: sinusoidal positions need an even d_model, got {}",
                 self.d_model
@@ -223,7 +223,8 @@ impl ModelConfig {
                 return Err(format!("config: {name} = {p} must be in [0, 1)"));
             }
         }
-        if !(self.norm_eps > 0.0) {
+        // Written so that NaN is rejected too.
+        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
             return Err(format!(
                 "config: norm_eps = {} must be positive",
                 self.norm_eps
@@ -241,13 +242,13 @@ impl ModelConfig {
                 self.src_vocab, self.tgt_vocab
             ));
         }
-        if let Some(p) = self.pad_id {
-            if p >= self.src_vocab.min(self.tgt_vocab) {
-                return Err(format!(
-                    "config: pad_id {p} is outside the vocabularies ({} / {})",
-                    self.src_vocab, self.tgt_vocab
-                ));
-            }
+        if let Some(p) = self.pad_id
+            && p >= self.src_vocab.min(self.tgt_vocab)
+        {
+            return Err(format!(
+                "config: pad_id {p} is outside the vocabularies ({} / {})",
+                self.src_vocab, self.tgt_vocab
+            ));
         }
         Ok(())
     }

@@ -17,6 +17,9 @@ pub fn rng(seed: u64) -> Rng {
     Rng::seed_from_u64(seed)
 }
 
+/// Tensors with their names (recorded attention weights).
+pub type NamedTensors<T> = Vec<(String, Tensor<T>)>;
+
 /// Tape + mode + RNG, handed to every layer's forward.
 ///
 /// ```
@@ -33,7 +36,7 @@ pub struct Ctx<'t, T: Float = f32> {
     pub train: bool,
     rng: RefCell<Rng>,
     /// Attention weights handed back by the layers, when asked for.
-    attention: RefCell<Option<Vec<(String, Tensor<T>)>>>,
+    attention: RefCell<Option<NamedTensors<T>>>,
 }
 
 impl<'t, T: Float> Ctx<'t, T> {

@@ -7,6 +7,7 @@
 use autograd::Tape;
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::optim::{Adam, AdamConfig, clip_grad_norm};
 use crate::schedule::Schedule;
 use crate::{Ctx, ModelConfig, Rng, TokenBatch, Transformer};
@@ -115,5 +116,35 @@ impl Trainer {
                 .value()
                 .item()
         })
+    }
+
+    /// Saves model, optimiser, both configs, step and RNG state, atomically
+    /// (see [`crate::checkpoint`]).
+    pub fn save(&mut self, path: impl AsRef<std::path::Path>) -> Result<(), CheckpointError> {
+        let config = (self.model.config.clone(), self.config.clone());
+        Checkpoint::new(
+            &mut self.model,
+            Some(&self.opt),
+            &config,
+            self.step,
+            &self.rng,
+        )
+        .save(path)
+    }
+
+    /// Rebuilds a trainer from a checkpoint written by [`Trainer::save`]:
+    /// continuing from it gives bit for bit the run that was saved.
+    pub fn resume(path: impl AsRef<std::path::Path>) -> Result<Self, CheckpointError> {
+        let ck: Checkpoint<(ModelConfig, TrainConfig)> = Checkpoint::load(path)?;
+        let (model_cfg, train_cfg) = ck.config.clone();
+        let mut t = Trainer::new(model_cfg, train_cfg, 0).map_err(CheckpointError::Mismatch)?;
+        ck.restore(&mut t.model)?;
+        t.opt = ck
+            .optimizer
+            .clone()
+            .ok_or_else(|| CheckpointError::Mismatch("checkpoint has no optimiser state".into()))?;
+        t.step = ck.step;
+        t.rng = ck.rng.clone();
+        Ok(t)
     }
 }

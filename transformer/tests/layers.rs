@@ -158,7 +158,7 @@ fn min_norm_variance(z: &Tensor<f64>, kind: NormKind, tokens: &Tensor<f64>) -> f
     }
 }
 
-const WELL_CONDITIONED: f64 = 1e-3;
+const WELL_CONDITIONED: f64 = 0.02;
 
 /// The generator `gradcheck_module` hands its closure in every evaluation
 /// (captured from a module without parameters), to recompute dropout masks.
@@ -496,11 +496,12 @@ proptest! {
     /// check will draw) to keep it well conditioned (see `min_norm_variance`).
     #[test]
     fn grad_sublayer_every_wiring(
-        (b, t, d) in (1usize..=2, 2usize..=3, 3usize..=4),
+        (t, d) in (2usize..=3, 3usize..=4),
         lens in proptest::collection::vec(1usize..=3, 2),
         seed in any::<u64>(),
     ) {
-        let lens: Vec<usize> = lens[..b].iter().map(|&l| l.min(t)).collect();
+        let b = 2;
+        let lens: Vec<usize> = lens.iter().map(|&l| l.min(t)).collect();
         prop_assume!(lens.iter().sum::<usize>() >= 3);
         let ids = ids_for(&lens, t, 5, seed);
         let tokens = tokens_of(&ids, b, t);
@@ -521,7 +522,7 @@ proptest! {
                                 let tape = Tape::no_grad();
                                 let ctx = Ctx::with_rng(&tape, train, rng0.clone());
                                 let xv = tape.constant(x.clone());
-                                let y = ctx.dropout(block.inner.forward(&ctx, xv).tanh(), p);
+                                let y = ctx.dropout(block.inner.forward(&ctx, xv), p);
                                 if residual { xv + y } else { y }.value()
                             }
                         };
@@ -533,7 +534,7 @@ proptest! {
                             _ => &[],
                         };
                         check(&mut block, &[x.clone()], train, ops, |m, ctx, v| {
-                            m.sub.forward(ctx, v[0], Some(&tokens), |h| m.inner.forward(ctx, h).tanh())
+                            m.sub.forward(ctx, v[0], Some(&tokens), |h| m.inner.forward(ctx, h))
                         })
                         .map_err(|e| {
                             TestCaseError::fail(format!("{kind:?} {placement:?} residual={residual} train={train}: {e}"))
