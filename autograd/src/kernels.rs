@@ -16,9 +16,8 @@ use crate::{Float, Tensor};
 const PAR_MIN: usize = 1 << 15;
 /// Fixed block for `sum_all`; partial sums are added in block order.
 const SUM_BLOCK: usize = 1 << 14;
-/// Fixed row block when one large 2-D matmul is split across threads.
-const GEMM_ROW_BLOCK: usize = 64;
-/// Below this many multiply-adds a matmul runs as one `gemm` call.
+/// Below this many multiply-adds a matmul runs as one `gemm` call, and a
+/// batch of products runs sequentially.
 const GEMM_PAR_MIN_FLOPS: usize = 1 << 21;
 
 /// NumPy broadcasting of two shapes; panics naming `op` and both shapes.
@@ -472,7 +471,7 @@ pub fn matmul_into<T: Float>(
         return;
     }
     if bb.is_empty() && !trans_a {
-        gemm_rows(
+        gemm(
             numel(ba) * m,
             k,
             n,
@@ -483,6 +482,7 @@ pub fn matmul_into<T: Float>(
             rsb,
             csb,
             out,
+            false,
         );
         return;
     }
@@ -499,7 +499,7 @@ pub fn matmul_into<T: Float>(
     let one = |i: usize, c: &mut [T]| {
         let pa = &a.data()[offset(i, &sa) * ma..];
         let pb = &b.data()[offset(i, &sb) * mb..];
-        gemm_rows(m, k, n, pa, rsa, csa, pb, rsb, csb, c);
+        gemm(m, k, n, pa, rsa, csa, pb, rsb, csb, c, false);
     };
     if nb > 1 && nb * m * n * k >= GEMM_PAR_MIN_FLOPS {
         out.par_chunks_mut(m * n)
@@ -512,12 +512,27 @@ pub fn matmul_into<T: Float>(
     }
 }
 
-/// `C (m x n) = A (m x k) B (k x n)` with arbitrary strides for A and B and a
-/// contiguous C. Large products are split into fixed blocks of rows, run in
-/// parallel; each row block is an independent `gemm`, so the arithmetic of
-/// every element is the same whatever the thread count.
+/// A raw pointer that may cross to another rayon task: each task writes a
+/// disjoint block of C through it.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
+// SAFETY: only used to hand disjoint output blocks to parallel tasks.
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+/// `C (m x n) = A (m x k) B (k x n)`, or `C += A B` when `accumulate`, with
+/// arbitrary strides for A and B (a transposed operand is swapped strides)
+/// and a contiguous row-major C.
+///
+/// With more than one rayon thread, a large product is split into one block
+/// per thread along its longer output axis (rows when m >= n, else columns),
+/// so that the operand packed again by every block is the smaller one.
+/// Splitting never changes a result: `gemm` computes every element of C as
+/// the same sequence of multiply-adds over k (blocked by kc, independent of
+/// the m and n tiling), so the output is bit-identical for any thread count
+/// (tested with 1 and 2 threads).
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_rows<T: Float>(
+pub fn gemm<T: Float>(
     m: usize,
     k: usize,
     n: usize,
@@ -528,47 +543,118 @@ pub fn gemm_rows<T: Float>(
     rsb: usize,
     csb: usize,
     c: &mut [T],
+    accumulate: bool,
 ) {
-    debug_assert!(c.len() >= m * n);
-    // Bounds: the last element of A and B that gemm will read.
-    if m == 0 || k == 0 || n == 0 {
-        c[..m * n].fill(T::ZERO);
+    assert!(
+        c.len() >= m * n,
+        "gemm: C has {} elements, needs {m} x {n}",
+        c.len()
+    );
+    // SAFETY: C is exclusively borrowed and holds m rows of n.
+    unsafe {
+        gemm_raw(
+            m,
+            k,
+            n,
+            a,
+            rsa,
+            csa,
+            b,
+            rsb,
+            csb,
+            c.as_mut_ptr(),
+            n,
+            accumulate,
+        )
+    }
+}
+
+/// [`gemm`] into C at `c` with row stride `rsc` (column stride 1): the
+/// fused attention writes each head's block straight into (B, T, D).
+///
+/// # Safety
+/// `c` must be valid for writes of rows `0..m`, columns `0..n` at row
+/// stride `rsc`, and nothing else may access that block during the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_raw<T: Float>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[T],
+    rsa: usize,
+    csa: usize,
+    b: &[T],
+    rsb: usize,
+    csb: usize,
+    c: *mut T,
+    rsc: usize,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
         return;
     }
-    {
-        assert!((m - 1) * rsa + (k - 1) * csa < a.len(), "gemm: A too short");
-        assert!((k - 1) * rsb + (n - 1) * csb < b.len(), "gemm: B too short");
+    let cp = SendPtr(c);
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                // SAFETY: row r of the block, as the caller guarantees.
+                unsafe { std::slice::from_raw_parts_mut(cp.0.add(r * rsc), n) }.fill(T::ZERO);
+            }
+        }
+        return;
     }
-    let run = |r0: usize, rows: usize, c: &mut [T]| {
-        // SAFETY: the asserts above bound every read of A and B; C is a
-        // distinct, exclusively borrowed slice of rows * n elements.
+    // Bounds: the last element of A and B that gemm will read.
+    assert!(
+        (m - 1) * rsa + (k - 1) * csa < a.len(),
+        "gemm: A too short for {m} x {k}"
+    );
+    assert!(
+        (k - 1) * rsb + (n - 1) * csb < b.len(),
+        "gemm: B too short for {k} x {n}"
+    );
+    let beta = if accumulate { T::ONE } else { T::ZERO };
+    // Block (r0, rows) x (c0, cols) of C.
+    let run = |r0: usize, rows: usize, c0: usize, cols: usize| {
+        let cp = cp;
+        // SAFETY: the asserts above bound every read of A and B (a block
+        // reads a sub-range of them); blocks of C are disjoint and inside the
+        // caller's m x n block.
         unsafe {
             T::gemm(
                 rows,
                 k,
-                n,
+                cols,
                 T::ONE,
                 a.as_ptr().add(r0 * rsa),
                 rsa as isize,
                 csa as isize,
-                b.as_ptr(),
+                b.as_ptr().add(c0 * csb),
                 rsb as isize,
                 csb as isize,
-                T::ZERO,
-                c.as_mut_ptr(),
-                n as isize,
+                beta,
+                cp.0.add(r0 * rsc + c0),
+                rsc as isize,
                 1,
             )
         }
     };
-    if m > GEMM_ROW_BLOCK && m * n * k >= GEMM_PAR_MIN_FLOPS {
-        c[..m * n]
-            .par_chunks_mut(GEMM_ROW_BLOCK * n)
-            .enumerate()
-            .for_each(|(i, cb)| run(i * GEMM_ROW_BLOCK, cb.len() / n, cb));
-    } else {
-        run(0, m, &mut c[..m * n]);
+    let threads = rayon::current_num_threads();
+    if threads == 1 || m * n * k < GEMM_PAR_MIN_FLOPS {
+        run(0, m, 0, n);
+        return;
     }
+    // Blocks are multiples of 8 (the kernels' tile edge) so that tiles stay aligned.
+    let long = m.max(n);
+    let block = long.div_ceil(threads).div_ceil(8) * 8;
+    let blocks = long.div_ceil(block);
+    (0..blocks).into_par_iter().for_each(|i| {
+        let (s, e) = (i * block, ((i + 1) * block).min(long));
+        if m >= n {
+            run(s, e - s, 0, n);
+        } else {
+            run(0, m, s, e - s);
+        }
+    });
 }
 
 impl<T: Float> Tensor<T> {

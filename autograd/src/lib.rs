@@ -30,6 +30,6 @@ mod tape;
 mod tensor;
 
 pub use float::Float;
-pub use kernels::{broadcast_shapes, gemm_rows, matmul_into, matmul_shape};
+pub use kernels::{broadcast_shapes, gemm, matmul_into, matmul_shape};
 pub use tape::{Anomaly, BackwardFn, Grads, Param, ParamGrads, ParamId, Tape, Var, no_grad};
 pub use tensor::{Tensor, numel, strides};

@@ -614,11 +614,90 @@ pub mod autograd_cases {
             .boxed()
     }
 
+    /// `linear(w, b)`: x (..., K) with 0 to 2 leading axes, W (K, N), and a
+    /// bias (N) or none.
+    fn linear_case() -> BoxedStrategy<Case> {
+        (
+            prop_oneof![Just(vec![]), shape(2, 3)],
+            1..=4usize,
+            1..=4usize,
+            any::<bool>(),
+        )
+            .prop_flat_map(|(lead, k, n, bias)| {
+                let mut inputs = vec![
+                    UNIT.tensor([lead, vec![k]].concat()),
+                    UNIT.tensor(vec![k, n]),
+                ];
+                if bias {
+                    inputs.push(UNIT.tensor(vec![n]));
+                }
+                inputs
+            })
+            .prop_map(|inputs| {
+                let params = if inputs.len() == 3 {
+                    "with bias"
+                } else {
+                    "no bias"
+                };
+                Case::new("linear", params, inputs, |_, v| {
+                    v[0].linear(v[1], v.get(2).copied())
+                })
+            })
+            .boxed()
+    }
+
+    /// Fused multi-head `attention` of q (B, Tq, D), k and v (B, Tk, D),
+    /// D = heads * Dk. With `masked`, a random 0/1 mask of shape (Tq, Tk)
+    /// (causal-like), (B, 1, 1, Tk) (padding-like) or (B, H, Tq, Tk); fully
+    /// masked rows (output 0) included.
+    fn attention_case(name: &'static str, masked: bool) -> BoxedStrategy<Case> {
+        (
+            1..=2usize,
+            1..=3usize,
+            1..=3usize,
+            1..=2usize,
+            1..=2usize,
+            0..3usize,
+        )
+            .prop_flat_map(move |(b, tq, tk, heads, dk, kind)| {
+                let d = heads * dk;
+                let ms = match kind {
+                    0 => vec![tq, tk],
+                    1 => vec![b, 1, 1, tk],
+                    _ => vec![b, heads, tq, tk],
+                };
+                let n = if masked { numel(&ms) } else { 0 };
+                let mask = pvec(any::<bool>(), n).prop_map(move |bits| {
+                    masked.then(|| {
+                        let data = bits.iter().map(|&m| if m { 1.0 } else { 0.0 }).collect();
+                        Tensor::from_vec(data, &ms)
+                    })
+                });
+                (
+                    UNIT.tensor(vec![b, tq, d]),
+                    UNIT.tensor(vec![b, tk, d]),
+                    UNIT.tensor(vec![b, tk, d]),
+                    Just(heads),
+                    mask,
+                )
+            })
+            .prop_map(move |(q, k, v, heads, mask)| {
+                let params = match &mask {
+                    Some(m) => format!("{heads} heads, mask {:?} {:?}", m.shape(), m.data()),
+                    None => format!("{heads} heads, no mask"),
+                };
+                Case::new(name, params, vec![q, k, v], move |_, x| {
+                    x[0].attention(x[1], x[2], heads, mask.as_ref())
+                })
+            })
+            .boxed()
+    }
+
     /// Proptest cases of a plain entry.
-    const CASES: u32 = 64;
+    const CASES: u32 = 128;
     /// Proptest cases of an entry with more structure to explore (broadcast
     /// shapes, axes, ids, padding).
-    const MORE: u32 = 128;
+    const MORE: u32 = 256;
 
     /// The table: every op of `autograd::ops::all_ops()` has at least one
     /// entry whose `op` is its name (checked by `autograd_grad.rs`).
@@ -661,6 +740,7 @@ pub mod autograd_cases {
             e("matmul_t_2d", "matmul_t", CASES, matmul_case("matmul_t_2d", true, Batch::None)),
             e("matmul_t_batched", "matmul_t", MORE, matmul_case("matmul_t_batched", true, Batch::Broadcast)),
             e("matmul_t_one_side_2d", "matmul_t", MORE, matmul_case("matmul_t_one_side_2d", true, Batch::OneSide)),
+            e("linear", "linear", MORE, linear_case()),
             // Shape ops.
             e("transpose", "transpose", CASES, transpose_case()),
             e("permute", "permute", CASES, permute_case()),
@@ -678,6 +758,9 @@ pub mod autograd_cases {
             e("dropout", "dropout", CASES, dropout_case()),
             e("cross_entropy", "cross_entropy", MORE, cross_entropy_case("cross_entropy", true)),
             e("cross_entropy_no_ignore", "cross_entropy", CASES, cross_entropy_case("cross_entropy_no_ignore", false)),
+            // Fused attention.
+            e("attention", "attention", MORE, attention_case("attention", false)),
+            e("attention_masked", "attention", MORE, attention_case("attention_masked", true)),
         ]
     }
 }

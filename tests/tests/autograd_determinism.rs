@@ -3,10 +3,11 @@
 //! bit-identical results (`Tensor::bit_eq`), in f32.
 //!
 //! The sizes are chosen to take the parallel paths of `kernels.rs`:
-//! `PAR_MIN` = 2^15 elements for maps, rows and reductions, and for matmul
-//! `GEMM_PAR_MIN_FLOPS` = 2^21 multiply-adds with more than
-//! `GEMM_ROW_BLOCK` = 64 rows (one 2-D product split in row blocks) or more
-//! than one batch matrix (parallel over the batch).
+//! `PAR_MIN` = 2^15 elements for maps, rows and reductions; for matmul,
+//! `GEMM_PAR_MIN_FLOPS` = 2^21 multiply-adds, above which one product is
+//! split into per-thread blocks of rows (m >= n) or of columns (m < n) and a
+//! batch of products runs in parallel over the batch. Odd sizes check that
+//! the split does not change the arithmetic of edge tiles.
 
 use autograd::{Tape, Tensor, Var};
 use tests::util::with_threads;
@@ -49,6 +50,21 @@ fn matmul_2d_is_thread_independent() {
     assert_thread_independent("matmul 2-D", || matmul_and_grads(&a, &b, false));
     let bt = Tensor::randn(&[300, 200], 0.0, 1.0, 3);
     assert_thread_independent("matmul_t 2-D", || matmul_and_grads(&a, &bt, true));
+    // Wide (m < n: split by columns) and odd sizes (edge tiles).
+    let (w1, w2) = (
+        Tensor::randn(&[67, 203], 0.0, 1.0, 12),
+        Tensor::randn(&[203, 601], 0.0, 1.0, 13),
+    );
+    assert_thread_independent("matmul wide, odd sizes", || {
+        matmul_and_grads(&w1, &w2, false)
+    });
+    let (o1, o2) = (
+        Tensor::randn(&[301, 203], 0.0, 1.0, 14),
+        Tensor::randn(&[203, 299], 0.0, 1.0, 15),
+    );
+    assert_thread_independent("matmul tall, odd sizes", || {
+        matmul_and_grads(&o1, &o2, false)
+    });
 }
 
 #[test]
@@ -105,6 +121,49 @@ fn softmax_is_thread_independent() {
         let gs = tape.backward_with(s, r.clone());
         let gl = tape.backward_with(ls, r);
         vec![s.value(), ls.value(), gs.wrt(v).clone(), gl.wrt(v).clone()]
+    });
+}
+
+#[test]
+fn linear_and_attention_are_thread_independent() {
+    // linear: (16, 64, 128) x (128, 512) + (512): 67M multiply-adds.
+    let x = Tensor::<f32>::randn(&[16, 64, 128], 0.0, 1.0, 30);
+    let w = Tensor::<f32>::randn(&[128, 512], 0.0, 0.1, 31);
+    let b = Tensor::<f32>::randn(&[512], 0.0, 0.1, 32);
+    assert_thread_independent("linear", || {
+        let tape = Tape::new();
+        let (vx, vw, vb) = (
+            tape.leaf(x.clone()),
+            tape.leaf(w.clone()),
+            tape.leaf(b.clone()),
+        );
+        let y = vx.linear(vw, Some(vb));
+        let g = tape.backward_with(y, Tensor::randn(&y.shape(), 0.0, 1.0, 33));
+        vec![
+            y.value(),
+            g.wrt(vx).clone(),
+            g.wrt(vw).clone(),
+            g.wrt(vb).clone(),
+        ]
+    });
+    // attention: 16 x 8 heads over T = 64, D = 128, with a causal mask.
+    let causal: Vec<f32> = (0..64 * 64)
+        .map(|i| if i % 64 > i / 64 { 1.0 } else { 0.0 })
+        .collect();
+    let mask = Tensor::from_vec(causal, &[64, 64]);
+    assert_thread_independent("attention", || {
+        let tape = Tape::new();
+        let q = tape.leaf(x.clone());
+        let k = tape.leaf(x.map(|v| 0.5 * v));
+        let v = tape.leaf(x.map(|v| v * v));
+        let y = q.attention(k, v, 8, Some(&mask));
+        let g = tape.backward_with(y, Tensor::randn(&y.shape(), 0.0, 1.0, 34));
+        vec![
+            y.value(),
+            g.wrt(q).clone(),
+            g.wrt(k).clone(),
+            g.wrt(v).clone(),
+        ]
     });
 }
 

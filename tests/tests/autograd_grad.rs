@@ -82,11 +82,14 @@ grad_properties! {
     // matrix products
     matmul_2d, matmul_batched, matmul_one_side_2d,
     matmul_t_2d, matmul_t_batched, matmul_t_one_side_2d,
+    linear,
     // shape ops
     transpose, permute, reshape, concat, narrow, split_heads, merge_heads,
     // nn ops
     softmax, log_softmax, layer_norm, embedding, masked_fill, dropout,
     cross_entropy, cross_entropy_no_ignore,
+    // fused attention
+    attention, attention_masked,
 }
 
 /// Runs one fixed draw (deterministic runner) of every table entry, and

@@ -170,3 +170,51 @@ fn vars_from_two_tapes_do_not_mix() {
     let (t1, t2) = (Tape::new(), Tape::new());
     let _ = t1.leaf(z(&[2])) + t2.leaf(z(&[2]));
 }
+
+#[test]
+#[should_panic(
+    expected = "linear: input [2, 3] does not fit weight [4, 5] (need (..., K) and (K, N))"
+)]
+fn linear_inner_dimension_mismatch() {
+    let tape = Tape::new();
+    let _ = tape.leaf(z(&[2, 3])).linear(tape.leaf(z(&[4, 5])), None);
+}
+
+#[test]
+#[should_panic(expected = "linear: bias [3] does not fit weight [3, 4] (need (4))")]
+fn linear_bias_of_the_wrong_shape() {
+    let tape = Tape::new();
+    let _ = tape
+        .leaf(z(&[2, 3]))
+        .linear(tape.leaf(z(&[3, 4])), Some(tape.leaf(z(&[3]))));
+}
+
+#[test]
+#[should_panic(
+    expected = "attention: q [1, 2, 4], k [1, 3, 4], v [1, 3, 4] are not (B, Tq, D), (B, Tk, D), (B, Tk, D) with D divisible by 3 heads"
+)]
+fn attention_heads_not_dividing_the_width() {
+    let tape = Tape::new();
+    let (q, k) = (tape.leaf(z(&[1, 2, 4])), tape.leaf(z(&[1, 3, 4])));
+    let _ = q.attention(k, k, 3, None);
+}
+
+#[test]
+#[should_panic(
+    expected = "attention: q [1, 2, 4], k [1, 3, 4], v [1, 2, 4] are not (B, Tq, D), (B, Tk, D), (B, Tk, D) with D divisible by 2 heads"
+)]
+fn attention_keys_and_values_of_different_lengths() {
+    let tape = Tape::new();
+    let (q, k) = (tape.leaf(z(&[1, 2, 4])), tape.leaf(z(&[1, 3, 4])));
+    let _ = q.attention(k, q, 2, None);
+}
+
+#[test]
+#[should_panic(
+    expected = "attention: mask [2, 2] does not broadcast to the scores (B, H, Tq, Tk) = [1, 2, 2, 3]"
+)]
+fn attention_mask_that_does_not_broadcast() {
+    let tape = Tape::new();
+    let (q, k) = (tape.leaf(z(&[1, 2, 4])), tape.leaf(z(&[1, 3, 4])));
+    let _ = q.attention(k, k, 2, Some(&z(&[2, 2])));
+}

@@ -81,6 +81,12 @@ impl<T: Float> MultiHeadAttention<T> {
 
     /// Queries from `q` (B, Tq, D), keys and values from `kv` (B, Tk, D) ->
     /// (B, Tq, D).
+    ///
+    /// Runs the fused `attention` op (no head copies, weights recomputed in
+    /// backward), except when attention dropout is active, which needs the
+    /// weights as a tensor: then the composed reference path of
+    /// [`MultiHeadAttention::forward_with_weights`] runs. Both give the same
+    /// values and gradients (tests/tests/fast_paths.rs).
     pub fn forward<'t>(
         &self,
         ctx: &Ctx<'t, T>,
@@ -88,11 +94,20 @@ impl<T: Float> MultiHeadAttention<T> {
         kv: Var<'t, T>,
         mask: Option<&Tensor<T>>,
     ) -> Var<'t, T> {
-        self.forward_with_weights(ctx, q, kv, mask).0
+        if ctx.train && self.dropout > 0.0 {
+            return self.forward_with_weights(ctx, q, kv, mask).0;
+        }
+        let qp = self.w_q.forward(ctx, q); // (B, Tq, D)
+        let kp = self.w_k.forward(ctx, kv); // (B, Tk, D)
+        let vp = self.w_v.forward(ctx, kv); // (B, Tk, D)
+        let out = qp.attention(kp, vp, self.heads, mask); // (B, Tq, D)
+        self.w_o.forward(ctx, out)
     }
 
     /// Like [`MultiHeadAttention::forward`], also handing back the attention
-    /// weights (B, H, Tq, Tk) (before attention dropout), for plots.
+    /// weights (B, H, Tq, Tk) (before attention dropout), for plots. This is
+    /// the composed reference path: split heads, `Q K^T`, scale, mask,
+    /// softmax, dropout, `P V`, merge heads.
     pub fn forward_with_weights<'t>(
         &self,
         ctx: &Ctx<'t, T>,

@@ -74,6 +74,11 @@ impl<'t, T: Float> Ctx<'t, T> {
         self.attention.borrow_mut().get_or_insert_with(Vec::new);
     }
 
+    /// True once [`Ctx::keep_attention`] was called.
+    pub fn keeps_attention(&self) -> bool {
+        self.attention.borrow().is_some()
+    }
+
     /// Records attention weights if [`Ctx::keep_attention`] was called.
     pub fn record_attention(&self, name: impl FnOnce() -> String, weights: Var<'t, T>) {
         if let Some(list) = self.attention.borrow_mut().as_mut() {

@@ -3,7 +3,7 @@
 
 use autograd::{Float, Tensor, Var};
 
-use crate::encoder::{final_norm, sublayer};
+use crate::encoder::{attend, final_norm, sublayer};
 use crate::{
     Ctx, FeedForward, ModelConfig, Module, MultiHeadAttention, Norm, Rng, Sublayer, Visitor,
 };
@@ -42,35 +42,32 @@ impl<T: Float> DecoderLayer<T> {
     }
 
     /// (B, T, D) target states and (B, S, D) memory -> (B, T, D), with the
-    /// self- and cross-attention weights.
+    /// self- and cross-attention weights when the context keeps them.
     pub fn forward<'t>(
         &self,
         ctx: &Ctx<'t, T>,
         x: Var<'t, T>,
         memory: Var<'t, T>,
         m: &DecoderMasks<'_, T>,
-    ) -> (Var<'t, T>, Var<'t, T>, Var<'t, T>) {
+    ) -> (Var<'t, T>, Option<Var<'t, T>>, Option<Var<'t, T>>) {
         let (mut w_self, mut w_cross) = (None, None);
         let x = self.norm1.forward(ctx, x, m.tokens, |h| {
-            let (y, w) = self.self_attn.forward_with_weights(ctx, h, h, m.self_mask);
-            w_self = Some(w);
-            y
+            attend(ctx, &self.self_attn, h, h, m.self_mask, &mut w_self)
         });
         let x = self.norm2.forward(ctx, x, m.tokens, |h| {
-            let (y, w) = self
-                .cross_attn
-                .forward_with_weights(ctx, h, memory, m.memory_mask);
-            w_cross = Some(w);
-            y
+            attend(
+                ctx,
+                &self.cross_attn,
+                h,
+                memory,
+                m.memory_mask,
+                &mut w_cross,
+            )
         });
         let x = self
             .norm3
             .forward(ctx, x, m.tokens, |h| self.ffn.forward(ctx, h));
-        (
-            x,
-            w_self.expect("self-attention ran"),
-            w_cross.expect("cross-attention ran"),
-        )
+        (x, w_self, w_cross)
     }
 }
 
@@ -111,8 +108,10 @@ impl<T: Float> Decoder<T> {
     ) -> Var<'t, T> {
         for (i, layer) in self.layers.iter().enumerate() {
             let (y, ws, wc) = layer.forward(ctx, x, memory, m);
-            ctx.record_attention(|| format!("decoder.layers.{i}.self_attn"), ws);
-            ctx.record_attention(|| format!("decoder.layers.{i}.cross_attn"), wc);
+            if let (Some(ws), Some(wc)) = (ws, wc) {
+                ctx.record_attention(|| format!("decoder.layers.{i}.self_attn"), ws);
+                ctx.record_attention(|| format!("decoder.layers.{i}.cross_attn"), wc);
+            }
             x = y;
         }
         match &self.final_norm {

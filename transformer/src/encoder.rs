@@ -27,6 +27,25 @@ pub(crate) fn final_norm<T: Float>(c: &ModelConfig, kind: NormKind) -> Option<No
         .then(|| Norm::new(kind, c.d_model, c.norm_eps, c.bn_momentum))
 }
 
+/// Multi-head attention through the fast path, or through the reference
+/// path that also returns the weights when the context keeps them.
+pub(crate) fn attend<'t, T: Float>(
+    ctx: &Ctx<'t, T>,
+    mha: &MultiHeadAttention<T>,
+    q: Var<'t, T>,
+    kv: Var<'t, T>,
+    mask: Option<&Tensor<T>>,
+    weights: &mut Option<Var<'t, T>>,
+) -> Var<'t, T> {
+    if ctx.keeps_attention() {
+        let (y, w) = mha.forward_with_weights(ctx, q, kv, mask);
+        *weights = Some(w);
+        y
+    } else {
+        mha.forward(ctx, q, kv, mask)
+    }
+}
+
 /// One encoder layer: self-attention, then feed-forward.
 pub struct EncoderLayer<T: Float = f32> {
     pub self_attn: MultiHeadAttention<T>,
@@ -45,7 +64,8 @@ impl<T: Float> EncoderLayer<T> {
         }
     }
 
-    /// (B, S, D) -> (B, S, D) and the attention weights (B, H, S, S).
+    /// (B, S, D) -> (B, S, D), and the attention weights (B, H, S, S) when
+    /// the context keeps them (see [`Ctx::keep_attention`]).
     /// `mask` (B, 1, 1, S) masks padded keys; `tokens` (B, S) marks real tokens.
     pub fn forward<'t>(
         &self,
@@ -53,17 +73,15 @@ impl<T: Float> EncoderLayer<T> {
         x: Var<'t, T>,
         mask: Option<&Tensor<T>>,
         tokens: Option<&Tensor<T>>,
-    ) -> (Var<'t, T>, Var<'t, T>) {
+    ) -> (Var<'t, T>, Option<Var<'t, T>>) {
         let mut weights = None;
         let x = self.norm1.forward(ctx, x, tokens, |h| {
-            let (y, w) = self.self_attn.forward_with_weights(ctx, h, h, mask);
-            weights = Some(w);
-            y
+            attend(ctx, &self.self_attn, h, h, mask, &mut weights)
         });
         let x = self
             .norm2
             .forward(ctx, x, tokens, |h| self.ffn.forward(ctx, h));
-        (x, weights.expect("self-attention ran"))
+        (x, weights)
     }
 }
 
@@ -102,7 +120,9 @@ impl<T: Float> Encoder<T> {
     ) -> Var<'t, T> {
         for (i, layer) in self.layers.iter().enumerate() {
             let (y, w) = layer.forward(ctx, x, mask, tokens);
-            ctx.record_attention(|| format!("encoder.layers.{i}.self_attn"), w);
+            if let Some(w) = w {
+                ctx.record_attention(|| format!("encoder.layers.{i}.self_attn"), w);
+            }
             x = y;
         }
         match &self.final_norm {

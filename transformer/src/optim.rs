@@ -476,13 +476,29 @@ fn update(
     } else {
         1.0
     };
-    for (((p, &g), m), v) in theta.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        let g = g + l2 * *p;
-        *p *= decay;
-        *m = b1 * *m + c1 * g;
-        *v = b2 * *v + c2 * g * g;
-        let denom = v.sqrt() / bc2_sqrt + eps;
-        *p -= step_size * *m / denom;
+    let body = |theta: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
+        for (((p, &g), m), v) in theta.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            let g = g + l2 * *p;
+            *p *= decay;
+            *m = b1 * *m + c1 * g;
+            *v = b2 * *v + c2 * g * g;
+            let denom = v.sqrt() / bc2_sqrt + eps;
+            *p -= step_size * *m / denom;
+        }
+    };
+    // Elementwise, so splitting into chunks (in parallel) cannot change a
+    // result: bit-identical for any thread count.
+    const CHUNK: usize = 1 << 14;
+    if theta.len() <= CHUNK {
+        body(theta, g, m, v);
+    } else {
+        use rayon::prelude::*;
+        theta
+            .par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), m), v)| body(p, g, m, v));
     }
 }
 

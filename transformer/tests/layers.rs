@@ -127,13 +127,15 @@ fn tokens_of(ids: &[usize], b: usize, t: usize) -> Tensor<f64> {
 /// per token over the features (LayerNorm), per feature over the real tokens
 /// (BatchNorm), infinite for no norm.
 ///
-/// A norm over a group whose variance is near `eps` is a smoothed sign
-/// function: its derivatives of third order grow like `1 / var^1.5`, and the
-/// truncation error of a central difference with step `h` (about
-/// `h^2 / var` relative) breaks the 1e-6 tolerance for variances below about
-/// 1e-4. Property tests therefore assume inputs with a variance of at least
-/// [`WELL_CONDITIONED`] in every group: a gradient check, not a layer, is
-/// what fails there (see `grad_sublayer_every_wiring`).
+/// A norm of a group with a small spread `sigma` is a steep function (a
+/// smoothed sign for two features): its third derivatives grow like
+/// `1 / sigma^3`, and so does the truncation error `h^2 f''' / 6` of a
+/// central difference, which the check compares with a gradient that may be
+/// as small as the 1e-3 floor. With the default step (1e-5) correct norms
+/// failed the 1e-6 tolerance at group variances of 5e-5, 2e-3 and 2e-2 (the
+/// error shrank as `h^2` with the step: the check, not the layer). The
+/// property tests therefore draw inputs with a standard deviation of 2 and
+/// assume every group has a variance of at least [`WELL_CONDITIONED`].
 fn min_norm_variance(z: &Tensor<f64>, kind: NormKind, tokens: &Tensor<f64>) -> f64 {
     let d = z.dim(-1);
     let rows: Vec<&[f64]> = z.data().chunks(d).collect();
@@ -158,7 +160,7 @@ fn min_norm_variance(z: &Tensor<f64>, kind: NormKind, tokens: &Tensor<f64>) -> f
     }
 }
 
-const WELL_CONDITIONED: f64 = 0.02;
+const WELL_CONDITIONED: f64 = 0.1;
 
 /// The generator `gradcheck_module` hands its closure in every evaluation
 /// (captured from a module without parameters), to recompute dropout masks.
@@ -399,7 +401,7 @@ proptest! {
     ) {
         let mut ln = LayerNorm::<f64>::new(d, eps);
         randomize(&mut ln, seed);
-        let x = Tensor::randn(&[b, t, d], 0.0, 1.5, seed ^ 10);
+        let x = Tensor::randn(&[b, t, d], 0.0, 2.0, seed ^ 10);
         let all = Tensor::ones(&[b, t]);
         prop_assume!(min_norm_variance(&x, NormKind::Layer, &all) >= WELL_CONDITIONED);
         check(&mut ln, &[x], false, &["layer_norm"], |m, ctx, v| m.forward(ctx, v[0]))?;
@@ -409,7 +411,7 @@ proptest! {
     /// least two of them, so the variance is not degenerate).
     #[test]
     fn grad_batch_norm_train_with_padding(
-        (b, t, d) in (1usize..=3, 2usize..=3, 1usize..=3),
+        (b, t, d) in (2usize..=3, 2usize..=3, 1usize..=3),
         lens in proptest::collection::vec(1usize..=3, 3),
         seed in any::<u64>(),
     ) {
@@ -419,7 +421,7 @@ proptest! {
         let tokens = tokens_of(&ids, b, t);
         let mut bn = BatchNorm::<f64>::new(d, 1e-5, 0.1);
         randomize(&mut bn, seed);
-        let x = Tensor::randn(&[b, t, d], 0.0, 1.5, seed ^ 11);
+        let x = Tensor::randn(&[b, t, d], 0.0, 2.0, seed ^ 11);
         prop_assume!(min_norm_variance(&x, NormKind::Batch, &tokens) >= WELL_CONDITIONED);
         check(&mut bn, &[x.clone()], true, &["sum", "sqrt"], |m, ctx, v| {
             m.forward(ctx, v[0], Some(&tokens))
@@ -505,8 +507,9 @@ proptest! {
         prop_assume!(lens.iter().sum::<usize>() >= 3);
         let ids = ids_for(&lens, t, 5, seed);
         let tokens = tokens_of(&ids, b, t);
-        let x = Tensor::randn(&[b, t, d], 0.0, 1.0, seed ^ 15);
+        let x = Tensor::randn(&[b, t, d], 0.0, 2.0, seed ^ 15);
         let rng0 = gradcheck_rng();
+        let mut skipped = 0;
         for kind in [NormKind::Layer, NormKind::Batch, NormKind::None] {
             for placement in [Placement::Post, Placement::Pre] {
                 for residual in [true, false] {
@@ -526,7 +529,10 @@ proptest! {
                                 if residual { xv + y } else { y }.value()
                             }
                         };
-                        prop_assume!(min_norm_variance(&z, kind, &tokens) >= WELL_CONDITIONED);
+                        if min_norm_variance(&z, kind, &tokens) < WELL_CONDITIONED {
+                            skipped += 1;
+                            continue;
+                        }
                         let ops: &[&str] = match (kind, train) {
                             (NormKind::Layer, _) => &["layer_norm"],
                             (NormKind::Batch, true) => &["sum", "dropout"],
@@ -543,6 +549,8 @@ proptest! {
                 }
             }
         }
+        // At most the 16 normed wirings are skipped; the 8 without a norm never are.
+        prop_assert!(skipped <= 16);
     }
 }
 

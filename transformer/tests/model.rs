@@ -58,6 +58,7 @@ fn grad_model(
     seed: u64,
     train: bool,
     data: &(TokenBatch, TokenBatch, Vec<usize>),
+    check: &GradcheckConfig,
 ) -> (GradcheckReport, usize) {
     let mut m = Transformer::<f64>::new(cfg, seed).unwrap();
     let n = param_count(&mut m);
@@ -76,7 +77,7 @@ fn grad_model(
 }
 
 fn assert_grad_model(cfg: &ModelConfig, train: bool, ops: &[&str]) {
-    let (report, n) = grad_model(cfg, 7, train, &batch());
+    let (report, n) = grad_model(cfg, 7, train, &batch(), &GradcheckConfig::default());
     assert!(report.passed(), "{cfg:?} (train {train}): {report}");
     assert_eq!(report.checked, n, "every parameter element is checked");
     for op in ["embedding", "masked_fill", "softmax", "cross_entropy"]
@@ -254,6 +255,13 @@ proptest! {
 
     /// Random batches and initialisations, every norm x placement x residual
     /// (GELU, which has no kink for a random case to land on).
+    ///
+    /// Some random draws are ill-conditioned: without the residual,
+    /// attention can make all tokens nearly equal, and a BatchNorm over
+    /// them is then so steep that the truncation error of the default step
+    /// (1e-5) exceeds the tolerance (seen once in about a hundred cases, at
+    /// 2.3e-6). Such a case is re-checked with a step of 1e-6: truncation
+    /// error falls a hundredfold, while a wrong gradient does not improve.
     #[test]
     fn gradcheck_random_batches(data in random_batch(), seed in any::<u64>()) {
         for norm in [NormKind::Layer, NormKind::Batch, NormKind::None] {
@@ -263,8 +271,17 @@ proptest! {
                         activation: Activation::Gelu,
                         ..tiny(norm, placement, residual)
                     };
-                    let (report, n) = grad_model(&cfg, seed, norm == NormKind::Batch, &data);
-                    prop_assert!(report.passed(), "{:?} {:?} residual={}: {}", norm, placement, residual, report);
+                    let train = norm == NormKind::Batch;
+                    let (report, n) = grad_model(&cfg, seed, train, &data, &GradcheckConfig::default());
+                    if !report.passed() {
+                        let fine = GradcheckConfig { step: 1e-6, ..GradcheckConfig::default() };
+                        let (again, _) = grad_model(&cfg, seed, train, &data, &fine);
+                        prop_assert!(
+                            again.passed(),
+                            "{:?} {:?} residual={}: {} (and with step 1e-6: {})",
+                            norm, placement, residual, report, again
+                        );
+                    }
                     prop_assert_eq!(report.checked, n);
                 }
             }

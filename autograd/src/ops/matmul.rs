@@ -2,9 +2,10 @@
 //! `matrixmultiply`'s strided `gemm`. Both backward products pass the
 //! transposes as strides, so no operand is ever copied to transpose it.
 
+use crate::kernels::gemm;
 use crate::{Float, Tensor, Var};
 
-pub const OPS: &[&str] = &["matmul", "matmul_t"];
+pub const OPS: &[&str] = &["matmul", "matmul_t", "linear"];
 
 /// Collapses all leading axes: (..., K) -> (R, K).
 fn rows2(t: &Tensor<impl Float>) -> (usize, usize) {
@@ -73,5 +74,85 @@ impl<'t, T: Float> Var<'t, T> {
                 });
                 vec![da, db]
             })
+    }
+
+    /// A fully connected layer in one op: `x W + b`, (..., K) x (K, N) + (N)
+    /// -> (..., N). The bias is written into the output first and the
+    /// product accumulated onto it by one `gemm`, so there is no separate
+    /// broadcast-add pass. Equals `x.matmul(w) + b` (tested).
+    ///
+    /// ```
+    /// use autograd::{Tape, Tensor};
+    /// let tape: Tape = Tape::new();
+    /// let x = tape.constant(Tensor::from_vec(vec![1.0, 2.0], &[1, 2]));
+    /// let w = tape.constant(Tensor::from_vec(vec![1.0, 0.0, 0.0, 1.0], &[2, 2]));
+    /// let b = tape.constant(Tensor::from_vec(vec![10.0, 20.0], &[2]));
+    /// assert_eq!(x.linear(w, Some(b)).value().data(), &[11.0, 22.0]);
+    /// ```
+    pub fn linear(self, w: Var<'t, T>, b: Option<Var<'t, T>>) -> Var<'t, T> {
+        let (x, wv) = (self.value(), w.value());
+        let bv = b.map(|b| b.value());
+        assert!(
+            x.ndim() >= 1 && wv.ndim() == 2 && x.shape()[x.ndim() - 1] == wv.shape()[0],
+            "linear: input {:?} does not fit weight {:?} (need (..., K) and (K, N))",
+            x.shape(),
+            wv.shape()
+        );
+        let (k, n) = (wv.shape()[0], wv.shape()[1]);
+        if let Some(bv) = &bv {
+            assert!(
+                bv.shape() == [n],
+                "linear: bias {:?} does not fit weight {:?} (need ({n}))",
+                bv.shape(),
+                wv.shape()
+            );
+        }
+        let r = x.numel() / k.max(1);
+        let mut out = match &bv {
+            Some(bv) => bv.data().repeat(r),
+            None => vec![T::ZERO; r * n],
+        };
+        gemm(
+            r,
+            k,
+            n,
+            x.data(),
+            k,
+            1,
+            wv.data(),
+            n,
+            1,
+            &mut out,
+            bv.is_some(),
+        );
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().expect("rank >= 1") = n;
+        let mut inputs = vec![self, w];
+        inputs.extend(b);
+        self.tape().record(
+            "linear",
+            Tensor::from_vec(out, &shape),
+            &inputs,
+            move |g, need| {
+                let gd = g.data();
+                // dX = G W^T (W^T as strides).
+                let dx = need[0].then(|| {
+                    let mut dx = vec![T::ZERO; r * k];
+                    gemm(r, n, k, gd, n, 1, wv.data(), 1, n, &mut dx, false);
+                    Tensor::from_vec(dx, x.shape())
+                });
+                // dW = X^T G (X^T as strides).
+                let dw = need[1].then(|| {
+                    let mut dw = vec![T::ZERO; k * n];
+                    gemm(k, r, n, x.data(), 1, k, gd, n, 1, &mut dw, false);
+                    Tensor::from_vec(dw, &[k, n])
+                });
+                let mut grads = vec![dx, dw];
+                if need.len() == 3 {
+                    grads.push(need[2].then(|| g.sum_to_shape(&[n])));
+                }
+                grads
+            },
+        )
     }
 }

@@ -4,6 +4,7 @@
 //! Every family lists its op names in `OPS`; [`all_ops`] joins them so the
 //! test suite can fail when an op has no gradient property test.
 
+pub mod attention;
 pub mod elementwise;
 pub mod matmul;
 pub mod nn;
@@ -18,6 +19,7 @@ pub fn all_ops() -> Vec<&'static str> {
         matmul::OPS,
         shape::OPS,
         nn::OPS,
+        attention::OPS,
     ]
     .concat()
 }

@@ -4,6 +4,7 @@
 //! composition from primitives in the test suite.
 
 use rand::RngExt;
+use rayon::prelude::*;
 
 use crate::tensor::numel;
 use crate::{Float, Tensor, Var};
@@ -17,6 +18,51 @@ pub const OPS: &[&str] = &[
     "dropout",
     "cross_entropy",
 ];
+
+/// Rows per parallel task in the row-wise kernels (a fixed size, so the
+/// split does not depend on the thread count).
+const ROWS_PER_TASK: usize = 64;
+
+/// `sum over rows of a[r, j] * b[r, j]` (or of `a[r, j]` alone) for each
+/// column `j` of (rows, d) data, as a (d) tensor. Blocks of
+/// `ROWS_PER_TASK` rows are summed in parallel, then the block sums are
+/// added in block order: the same result for any thread count.
+fn column_sums<T: Float>(a: &[T], b: Option<&[T]>, d: usize) -> Tensor<T> {
+    if d == 0 {
+        return Tensor::zeros(&[0]);
+    }
+    let blk = ROWS_PER_TASK * d;
+    let partial = |i: usize| -> Vec<T> {
+        let mut s = vec![T::ZERO; d];
+        let end = ((i + 1) * blk).min(a.len());
+        for r in (i * blk..end).step_by(d) {
+            match b {
+                Some(b) => {
+                    for j in 0..d {
+                        s[j] += a[r + j] * b[r + j];
+                    }
+                }
+                None => {
+                    for j in 0..d {
+                        s[j] += a[r + j];
+                    }
+                }
+            }
+        }
+        s
+    };
+    let parts: Vec<Vec<T>> = (0..a.len().div_ceil(blk))
+        .into_par_iter()
+        .map(partial)
+        .collect();
+    let mut total = vec![T::ZERO; d];
+    for p in parts {
+        for (t, v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    Tensor::from_vec(total, &[d])
+}
 
 /// Row max, or `None` when the row is empty or entirely `-inf` (fully masked).
 fn row_max<T: Float>(x: &[T]) -> Option<T> {
@@ -111,69 +157,65 @@ impl<'t, T: Float> Var<'t, T> {
             bv.shape()
         );
         let eps = T::from_f64(eps);
+        let inv_d = T::ONE / T::from_usize(d.max(1));
         let rows = x.numel() / d.max(1);
         let mut rstd = vec![T::ZERO; rows];
         let mut xhat = vec![T::ZERO; x.numel()];
-        for (r, (xr, hr)) in x
-            .data()
-            .chunks(d.max(1))
-            .zip(xhat.chunks_mut(d.max(1)))
-            .enumerate()
-        {
-            let inv_d = T::ONE / T::from_usize(d);
+        let mut out = vec![T::ZERO; x.numel()];
+        let (gd, bd) = (gv.data(), bv.data());
+        // Rows are independent: in parallel, each row summed in order.
+        let row = |((xr, hr), (yr, rs)): ((&[T], &mut [T]), (&mut [T], &mut T))| {
             let mean: T = xr.iter().copied().sum::<T>() * inv_d;
             let var: T = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() * inv_d;
-            let rs = T::ONE / (var + eps).sqrt();
-            rstd[r] = rs;
-            for (h, &v) in hr.iter_mut().zip(xr) {
-                *h = (v - mean) * rs;
+            *rs = T::ONE / (var + eps).sqrt();
+            for j in 0..xr.len() {
+                hr[j] = (xr[j] - mean) * *rs;
+                yr[j] = hr[j] * gd[j] + bd[j];
             }
+        };
+        if d > 0 {
+            x.data()
+                .par_chunks(d)
+                .zip(xhat.par_chunks_mut(d))
+                .zip(out.par_chunks_mut(d).zip(rstd.par_iter_mut()))
+                .with_min_len(ROWS_PER_TASK)
+                .for_each(row);
         }
         let xhat = Tensor::from_vec(xhat, x.shape());
-        let (g_, b_) = (gv.data().to_vec(), bv.data().to_vec());
-        let out = xhat.map_rows(|h, o| {
-            for j in 0..h.len() {
-                o[j] = h[j] * g_[j] + b_[j];
-            }
-        });
-        self.tape()
-            .record("layer_norm", out, &[self, gain, bias], move |g, need| {
+        self.tape().record(
+            "layer_norm",
+            Tensor::from_vec(out, x.shape()),
+            &[self, gain, bias],
+            move |g, need| {
                 let gain = gv.data();
                 let dx = need[0].then(|| {
-                    let inv_d = T::ONE / T::from_usize(d);
                     let mut dx = vec![T::ZERO; g.numel()];
-                    for (r, ((gr, hr), dr)) in g
-                        .data()
-                        .chunks(d)
-                        .zip(xhat.data().chunks(d))
-                        .zip(dx.chunks_mut(d))
-                        .enumerate()
-                    {
-                        let (mut m1, mut m2) = (T::ZERO, T::ZERO);
-                        for j in 0..d {
-                            let dxh = gr[j] * gain[j];
-                            m1 += dxh;
-                            m2 += dxh * hr[j];
-                        }
-                        let (m1, m2) = (m1 * inv_d, m2 * inv_d);
-                        for j in 0..d {
-                            dr[j] = rstd[r] * (gr[j] * gain[j] - m1 - hr[j] * m2);
-                        }
+                    if d > 0 {
+                        g.data()
+                            .par_chunks(d)
+                            .zip(xhat.data().par_chunks(d))
+                            .zip(dx.par_chunks_mut(d).zip(rstd.par_iter()))
+                            .with_min_len(ROWS_PER_TASK)
+                            .for_each(|((gr, hr), (dr, &rs))| {
+                                let (mut m1, mut m2) = (T::ZERO, T::ZERO);
+                                for j in 0..d {
+                                    let dxh = gr[j] * gain[j];
+                                    m1 += dxh;
+                                    m2 += dxh * hr[j];
+                                }
+                                let (m1, m2) = (m1 * inv_d, m2 * inv_d);
+                                for j in 0..d {
+                                    dr[j] = rs * (gr[j] * gain[j] - m1 - hr[j] * m2);
+                                }
+                            });
                     }
                     Tensor::from_vec(dx, g.shape())
                 });
-                let dgain = need[1].then(|| {
-                    let mut s = vec![T::ZERO; d];
-                    for (gr, hr) in g.data().chunks(d).zip(xhat.data().chunks(d)) {
-                        for j in 0..d {
-                            s[j] += gr[j] * hr[j];
-                        }
-                    }
-                    Tensor::from_vec(s, &[d])
-                });
-                let dbias = need[2].then(|| g.sum_to_shape(&[d]));
+                let dgain = need[1].then(|| column_sums(g.data(), Some(xhat.data()), d));
+                let dbias = need[2].then(|| column_sums(g.data(), None, d));
                 vec![dx, dgain, dbias]
-            })
+            },
+        )
     }
 
     /// Embedding lookup: `self` is the table (V, D); `ids` (with shape
@@ -312,17 +354,25 @@ impl<'t, T: Float> Var<'t, T> {
         let n = targets.iter().filter(|&&t| valid(t)).count();
         let (e, one_m) = (T::from_f64(eps), T::from_f64(1.0 - eps));
         let inv_v = T::ONE / T::from_usize(v);
-        let mut total = T::ZERO;
-        for (r, xr) in x.data().chunks(v.max(1)).enumerate() {
-            let t = targets[r];
-            if !valid(t) {
-                continue;
-            }
-            // lse = m + l; a fully masked row keeps lse = -inf (a NaN loss).
-            let (m, l) = logsumexp_parts(xr).unwrap_or((T::NEG_INFINITY, T::ZERO));
-            let mean_x: T = xr.iter().copied().sum::<T>() * inv_v;
-            total += one_m * ((m - xr[t]) + l) + e * ((m - mean_x) + l);
-        }
+        // Per-row losses in parallel, then summed in row order.
+        let row_loss: Vec<T> = x
+            .data()
+            .par_chunks(v.max(1))
+            .zip(targets.par_iter())
+            .with_min_len(ROWS_PER_TASK)
+            .map(|(xr, &t)| {
+                if !valid(t) {
+                    return T::ZERO;
+                }
+                // -log p_v = l - (x_v - m), kept in that order (see logsumexp_parts).
+                let Some((m, l)) = logsumexp_parts(xr) else {
+                    return -T::NEG_INFINITY; // every logit -inf: infinite loss
+                };
+                let mean_shifted: T = xr.iter().map(|&x| x - m).sum::<T>() * inv_v;
+                one_m * (l - (xr[t] - m)) + e * (l - mean_shifted)
+            })
+            .collect();
+        let total: T = row_loss.into_iter().sum();
         let inv_n = if n > 0 {
             T::ONE / T::from_usize(n)
         } else {
@@ -336,17 +386,20 @@ impl<'t, T: Float> Var<'t, T> {
             move |g, _| {
                 let scale = g.item() * inv_n;
                 let mut dx = vec![T::ZERO; x.numel()];
-                for (r, (xr, dr)) in x.data().chunks(v).zip(dx.chunks_mut(v)).enumerate() {
-                    let t = targets[r];
-                    if !valid(t) {
-                        continue;
-                    }
-                    softmax_row(xr, dr);
-                    for (j, d) in dr.iter_mut().enumerate() {
-                        let q = e * inv_v + if j == t { one_m } else { T::ZERO };
-                        *d = (*d - q) * scale;
-                    }
-                }
+                x.data()
+                    .par_chunks(v)
+                    .zip(dx.par_chunks_mut(v).zip(targets.par_iter()))
+                    .with_min_len(ROWS_PER_TASK)
+                    .for_each(|(xr, (dr, &t))| {
+                        if !valid(t) {
+                            return;
+                        }
+                        softmax_row(xr, dr);
+                        for (j, d) in dr.iter_mut().enumerate() {
+                            let q = e * inv_v + if j == t { one_m } else { T::ZERO };
+                            *d = (*d - q) * scale;
+                        }
+                    });
                 vec![Some(Tensor::from_vec(dx, x.shape()))]
             },
         )
