@@ -516,6 +516,15 @@ pub fn matmul_into<T: Float>(
 /// disjoint block of C through it.
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr<T>(pub(crate) *mut T);
+
+impl<T> SendPtr<T> {
+    /// The pointer. A method, so closures capture the whole (Send) wrapper
+    /// rather than the raw pointer field.
+    #[inline]
+    pub(crate) fn get(self) -> *mut T {
+        self.0
+    }
+}
 // SAFETY: only used to hand disjoint output blocks to parallel tasks.
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
@@ -598,7 +607,7 @@ pub(crate) unsafe fn gemm_raw<T: Float>(
         if !accumulate {
             for r in 0..m {
                 // SAFETY: row r of the block, as the caller guarantees.
-                unsafe { std::slice::from_raw_parts_mut(cp.0.add(r * rsc), n) }.fill(T::ZERO);
+                unsafe { std::slice::from_raw_parts_mut(cp.get().add(r * rsc), n) }.fill(T::ZERO);
             }
         }
         return;
@@ -615,7 +624,6 @@ pub(crate) unsafe fn gemm_raw<T: Float>(
     let beta = if accumulate { T::ONE } else { T::ZERO };
     // Block (r0, rows) x (c0, cols) of C.
     let run = |r0: usize, rows: usize, c0: usize, cols: usize| {
-        let cp = cp;
         // SAFETY: the asserts above bound every read of A and B (a block
         // reads a sub-range of them); blocks of C are disjoint and inside the
         // caller's m x n block.
@@ -632,7 +640,7 @@ pub(crate) unsafe fn gemm_raw<T: Float>(
                 rsb as isize,
                 csb as isize,
                 beta,
-                cp.0.add(r0 * rsc + c0),
+                cp.get().add(r0 * rsc + c0),
                 rsc as isize,
                 1,
             )

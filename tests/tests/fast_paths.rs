@@ -4,7 +4,6 @@
 //! matmul, merge heads). Values and gradients, in f64; plus a literal
 //! forward value and a proptest gradcheck over shapes for each.
 
-use autograd::check::strategies::tensor;
 use autograd::check::{GradcheckConfig, gradcheck};
 use autograd::{Tape, Tensor, Var};
 use proptest::prelude::*;

@@ -63,16 +63,10 @@ fn grad_model(
     let mut m = Transformer::<f64>::new(cfg, seed).unwrap();
     let n = param_count(&mut m);
     let (src, tgt_in, labels) = data;
-    let report = gradcheck_module(
-        &mut m,
-        &[],
-        train,
-        &GradcheckConfig::default(),
-        |m, ctx, _| {
-            let logits = m.forward(ctx, src, tgt_in);
-            m.loss(logits, labels, 0.1)
-        },
-    );
+    let report = gradcheck_module(&mut m, &[], train, check, |m, ctx, _| {
+        let logits = m.forward(ctx, src, tgt_in);
+        m.loss(logits, labels, 0.1)
+    });
     (report, n)
 }
 

@@ -172,7 +172,6 @@ impl<'t, T: Float> Var<'t, T> {
                     None,
                     lse_h,
                 );
-                let op = op;
                 // SAFETY: head (bi, h) owns columns h*Dk..(h+1)*Dk of batch bi's
                 // rows of `out`; no other task writes there.
                 unsafe {
@@ -186,7 +185,7 @@ impl<'t, T: Float> Var<'t, T> {
                         &vt.data()[ko..],
                         d,
                         1,
-                        op.0.add(qo),
+                        op.get().add(qo),
                         d,
                         false,
                     )
@@ -209,7 +208,6 @@ impl<'t, T: Float> Var<'t, T> {
                     SendPtr(dv.as_mut_ptr()),
                 );
                 (0..b * heads).into_par_iter().for_each(|bh| {
-                    let (pq, pk, pv) = (pq, pk, pv);
                     let (bi, h) = (bh / heads, bh % heads);
                     let (qo, ko) = (bi * tq * d + h * dk, bi * tk * d + h * dk);
                     // Recompute P from Q, K and the saved log-sum-exp.
@@ -252,7 +250,7 @@ impl<'t, T: Float> Var<'t, T> {
                                 &gd[qo..],
                                 d,
                                 1,
-                                pv.0.add(ko),
+                                pv.get().add(ko),
                                 d,
                                 false,
                             )
@@ -293,7 +291,7 @@ impl<'t, T: Float> Var<'t, T> {
                                     &kt.data()[ko..],
                                     d,
                                     1,
-                                    pq.0.add(qo),
+                                    pq.get().add(qo),
                                     d,
                                     false,
                                 )
@@ -312,7 +310,7 @@ impl<'t, T: Float> Var<'t, T> {
                                     &q.data()[qo..],
                                     d,
                                     1,
-                                    pk.0.add(ko),
+                                    pk.get().add(ko),
                                     d,
                                     false,
                                 )

@@ -164,7 +164,8 @@ impl<'t, T: Float> Var<'t, T> {
         let mut out = vec![T::ZERO; x.numel()];
         let (gd, bd) = (gv.data(), bv.data());
         // Rows are independent: in parallel, each row summed in order.
-        let row = |((xr, hr), (yr, rs)): ((&[T], &mut [T]), (&mut [T], &mut T))| {
+        type RowRefs<'a, T> = ((&'a [T], &'a mut [T]), (&'a mut [T], &'a mut T));
+        let row = |((xr, hr), (yr, rs)): RowRefs<'_, T>| {
             let mean: T = xr.iter().copied().sum::<T>() * inv_d;
             let var: T = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() * inv_d;
             *rs = T::ONE / (var + eps).sqrt();
