@@ -16,6 +16,9 @@ use crate::{Float, Tensor};
 const PAR_MIN: usize = 1 << 15;
 /// Fixed block for `sum_all`; partial sums are added in block order.
 const SUM_BLOCK: usize = 1 << 14;
+/// Rows per parallel task in the row-wise kernels (a fixed size, so the
+/// split does not depend on the thread count).
+pub(crate) const ROWS_PER_TASK: usize = 64;
 /// Below this many multiply-adds a matmul runs as one `gemm` call, and a
 /// batch of products runs sequentially.
 const GEMM_PAR_MIN_FLOPS: usize = 1 << 21;
@@ -182,13 +185,7 @@ impl<T: Float> Tensor<T> {
         // Fast path: only leading axes were broadcast (a bias of shape (D)
         // against (B, T, D)): add whole rows, in row order.
         if shape == &self.shape()[lead..] && !out.is_empty() {
-            let n = out.len();
-            for chunk in x.chunks(n) {
-                for (o, &v) in out.iter_mut().zip(chunk) {
-                    *o += v;
-                }
-            }
-            return Tensor::from_vec(out, shape);
+            return column_sums(x, None, out.len()).reshape(shape);
         }
         let st = broadcast_strides(shape, self.shape());
         let inner = self.shape().last().copied().unwrap_or(1);
@@ -728,4 +725,45 @@ impl<T: Float> Tensor<T> {
         });
         Tensor::from_vec(out, self.shape())
     }
+}
+
+/// `sum over rows of a[r, j] * b[r, j]` (or of `a[r, j]` alone) for each
+/// column `j` of (rows, d) data, as a (d) tensor. Blocks of
+/// `ROWS_PER_TASK` rows are summed in parallel, then the block sums are
+/// added in block order: the same result for any thread count.
+pub(crate) fn column_sums<T: Float>(a: &[T], b: Option<&[T]>, d: usize) -> Tensor<T> {
+    if d == 0 {
+        return Tensor::zeros(&[0]);
+    }
+    let blk = ROWS_PER_TASK * d;
+    let partial = |i: usize| -> Vec<T> {
+        let mut s = vec![T::ZERO; d];
+        let end = ((i + 1) * blk).min(a.len());
+        for r in (i * blk..end).step_by(d) {
+            match b {
+                Some(b) => {
+                    for j in 0..d {
+                        s[j] += a[r + j] * b[r + j];
+                    }
+                }
+                None => {
+                    for j in 0..d {
+                        s[j] += a[r + j];
+                    }
+                }
+            }
+        }
+        s
+    };
+    let parts: Vec<Vec<T>> = (0..a.len().div_ceil(blk))
+        .into_par_iter()
+        .map(partial)
+        .collect();
+    let mut total = vec![T::ZERO; d];
+    for p in parts {
+        for (t, v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    Tensor::from_vec(total, &[d])
 }

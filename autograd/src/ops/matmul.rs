@@ -149,7 +149,7 @@ impl<'t, T: Float> Var<'t, T> {
                 });
                 let mut grads = vec![dx, dw];
                 if need.len() == 3 {
-                    grads.push(need[2].then(|| g.sum_to_shape(&[n])));
+                    grads.push(need[2].then(|| crate::kernels::column_sums(gd, None, n)));
                 }
                 grads
             },

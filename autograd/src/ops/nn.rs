@@ -19,50 +19,7 @@ pub const OPS: &[&str] = &[
     "cross_entropy",
 ];
 
-/// Rows per parallel task in the row-wise kernels (a fixed size, so the
-/// split does not depend on the thread count).
-const ROWS_PER_TASK: usize = 64;
-
-/// `sum over rows of a[r, j] * b[r, j]` (or of `a[r, j]` alone) for each
-/// column `j` of (rows, d) data, as a (d) tensor. Blocks of
-/// `ROWS_PER_TASK` rows are summed in parallel, then the block sums are
-/// added in block order: the same result for any thread count.
-fn column_sums<T: Float>(a: &[T], b: Option<&[T]>, d: usize) -> Tensor<T> {
-    if d == 0 {
-        return Tensor::zeros(&[0]);
-    }
-    let blk = ROWS_PER_TASK * d;
-    let partial = |i: usize| -> Vec<T> {
-        let mut s = vec![T::ZERO; d];
-        let end = ((i + 1) * blk).min(a.len());
-        for r in (i * blk..end).step_by(d) {
-            match b {
-                Some(b) => {
-                    for j in 0..d {
-                        s[j] += a[r + j] * b[r + j];
-                    }
-                }
-                None => {
-                    for j in 0..d {
-                        s[j] += a[r + j];
-                    }
-                }
-            }
-        }
-        s
-    };
-    let parts: Vec<Vec<T>> = (0..a.len().div_ceil(blk))
-        .into_par_iter()
-        .map(partial)
-        .collect();
-    let mut total = vec![T::ZERO; d];
-    for p in parts {
-        for (t, v) in total.iter_mut().zip(p) {
-            *t += v;
-        }
-    }
-    Tensor::from_vec(total, &[d])
-}
+use crate::kernels::ROWS_PER_TASK;
 
 /// Row max, or `None` when the row is empty or entirely `-inf` (fully masked).
 fn row_max<T: Float>(x: &[T]) -> Option<T> {
@@ -212,8 +169,9 @@ impl<'t, T: Float> Var<'t, T> {
                     }
                     Tensor::from_vec(dx, g.shape())
                 });
-                let dgain = need[1].then(|| column_sums(g.data(), Some(xhat.data()), d));
-                let dbias = need[2].then(|| column_sums(g.data(), None, d));
+                let dgain =
+                    need[1].then(|| crate::kernels::column_sums(g.data(), Some(xhat.data()), d));
+                let dbias = need[2].then(|| crate::kernels::column_sums(g.data(), None, d));
                 vec![dx, dgain, dbias]
             },
         )
