@@ -72,11 +72,15 @@ fn head_probs<T: Float>(
     lse_out: &mut [T],
 ) {
     for (i, row) in s.chunks_mut(tk).enumerate() {
-        for (j, x) in row.iter_mut().enumerate() {
-            *x = match mask {
-                Some((m, b, h)) if m.masked(b, h, i, j) => T::NEG_INFINITY,
-                _ => *x * scale,
-            };
+        for x in row.iter_mut() {
+            *x *= scale;
+        }
+        if let Some((m, b, h)) = mask {
+            for (j, x) in row.iter_mut().enumerate() {
+                if m.masked(b, h, i, j) {
+                    *x = T::NEG_INFINITY;
+                }
+            }
         }
         let lse = match lse_in {
             Some(l) => l[i],
@@ -85,17 +89,17 @@ fn head_probs<T: Float>(
                 if mx == T::NEG_INFINITY {
                     T::NEG_INFINITY
                 } else {
-                    mx + row.iter().map(|&x| (x - mx).exp()).sum::<T>().ln()
+                    mx + crate::ops::nn::sum_exp_shifted(row, mx).ln()
                 }
             }
         };
         lse_out[i] = lse;
-        for x in row.iter_mut() {
-            *x = if lse == T::NEG_INFINITY {
-                T::ZERO
-            } else {
-                (*x - lse).exp()
-            };
+        if lse == T::NEG_INFINITY {
+            row.fill(T::ZERO);
+        } else {
+            for x in row.iter_mut() {
+                *x = (*x - lse).exp_fast();
+            }
         }
     }
 }

@@ -34,15 +34,32 @@ pub(crate) fn softmax_row<T: Float>(x: &[T], out: &mut [T]) {
         out.fill(T::ZERO);
         return;
     };
-    let mut s = T::ZERO;
+    // Exponentials first (a loop the compiler vectorises), then the sum in
+    // index order.
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = (v - m).exp();
-        s += *o;
+        *o = (v - m).exp_fast();
     }
+    let s: T = out.iter().copied().sum();
     let inv = T::ONE / s;
     for o in out.iter_mut() {
         *o *= inv;
     }
+}
+
+/// `sum(exp(x - m))` in index order; the exponentials are computed in
+/// blocks of 64 on the stack so that their loop vectorises.
+pub(crate) fn sum_exp_shifted<T: Float>(x: &[T], m: T) -> T {
+    let mut buf = [T::ZERO; 64];
+    let mut s = T::ZERO;
+    for chunk in x.chunks(64) {
+        for (b, &v) in buf.iter_mut().zip(chunk) {
+            *b = (v - m).exp_fast();
+        }
+        for &b in &buf[..chunk.len()] {
+            s += b;
+        }
+    }
+    s
 }
 
 /// `log(sum(exp(x)))` of one row, stably, split as `(m, l)` with `m` the row
@@ -54,7 +71,7 @@ pub(crate) fn softmax_row<T: Float>(x: &[T], out: &mut [T]) {
 /// -0.31348 instead of -0.31326, and cross-entropy carried the same error.
 fn logsumexp_parts<T: Float>(x: &[T]) -> Option<(T, T)> {
     let m = row_max(x)?;
-    Some((m, x.iter().map(|&v| (v - m).exp()).sum::<T>().ln()))
+    Some((m, sum_exp_shifted(x, m).ln()))
 }
 
 impl<'t, T: Float> Var<'t, T> {
@@ -89,7 +106,7 @@ impl<'t, T: Float> Var<'t, T> {
             vec![Some(g.zip_rows(&saved, "log_softmax", |g, y, dx| {
                 let s: T = g.iter().copied().sum();
                 for ((d, &gv), &yv) in dx.iter_mut().zip(g).zip(y) {
-                    *d = gv - yv.exp() * s;
+                    *d = gv - yv.exp_fast() * s;
                 }
             }))]
         })
