@@ -36,6 +36,16 @@ pub fn length_penalty(len: usize, alpha: f64) -> f64 {
     ((5.0 + len as f64) / 6.0).powf(alpha)
 }
 
+/// The empty output (zero log-probability).
+fn empty_hypothesis(finished: bool) -> Hypothesis {
+    Hypothesis {
+        tokens: Vec::new(),
+        log_prob: 0.0,
+        score: 0.0,
+        finished,
+    }
+}
+
 /// Index of the largest entry (the first one on ties).
 fn argmax(v: &[f32]) -> usize {
     let mut best = 0;
@@ -52,7 +62,11 @@ fn argmax(v: &[f32]) -> usize {
 pub fn greedy(step: &mut StepFn<'_>, max_len: &[usize], bos: usize, eos: usize) -> Vec<Hypothesis> {
     let n = max_len.len();
     let mut prefixes: Vec<Vec<usize>> = vec![vec![bos]; n];
-    let mut out: Vec<Option<Hypothesis>> = vec![None; n];
+    // A source allowed no output at all is done before the first step.
+    let mut out: Vec<Option<Hypothesis>> = max_len
+        .iter()
+        .map(|&m| (m == 0).then(|| empty_hypothesis(false)))
+        .collect();
     let mut logp = vec![0.0f64; n];
     loop {
         let live: Vec<usize> = (0..n).filter(|&b| out[b].is_none()).collect();
@@ -101,8 +115,27 @@ pub fn beam(
     assert!(k > 0, "beam: beam size must be at least 1");
     let n = max_len.len();
     // Live beams per source: (prefix, log_prob).
-    let mut live: Vec<Vec<(Vec<usize>, f64)>> = vec![vec![(vec![bos], 0.0)]; n];
-    let mut finished: Vec<Vec<Hypothesis>> = vec![Vec::new(); n];
+    // A source allowed no output at all starts (and ends) with the empty one.
+    let mut live: Vec<Vec<(Vec<usize>, f64)>> = max_len
+        .iter()
+        .map(|&m| {
+            if m == 0 {
+                Vec::new()
+            } else {
+                vec![(vec![bos], 0.0)]
+            }
+        })
+        .collect();
+    let mut finished: Vec<Vec<Hypothesis>> = max_len
+        .iter()
+        .map(|&m| {
+            if m == 0 {
+                vec![empty_hypothesis(false)]
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
     let finish = |prefix: &[usize], log_prob: f64, done: bool| {
         let len = prefix.len() - 1 + usize::from(done);
         Hypothesis {

@@ -97,15 +97,18 @@ fn run_beam(t: &Table, max_len: &[usize], k: usize, alpha: f64) -> Vec<Hypothesi
     )
 }
 
+/// `(token, probability)` pairs.
+type Dist = Vec<(usize, f64)>;
+
 /// A step function from a table of prefixes to distributions over
 /// `vocab` tokens (`(token, probability)` pairs; the rest of the mass is
 /// spread evenly over the other tokens). Unlisted prefixes get `default`.
 fn tree_step(
     vocab: usize,
-    default: Vec<(usize, f64)>,
-    table: Vec<(Vec<usize>, Vec<(usize, f64)>)>,
+    default: Dist,
+    table: Vec<(Vec<usize>, Dist)>,
 ) -> impl FnMut(&[usize], &[Vec<usize>]) -> Vec<Vec<f32>> {
-    let table: HashMap<Vec<usize>, Vec<(usize, f64)>> = table.into_iter().collect();
+    let table: HashMap<Vec<usize>, Dist> = table.into_iter().collect();
     move |_src: &[usize], rows: &[Vec<usize>]| -> Vec<Vec<f32>> {
         rows.iter()
             .map(|p| {

@@ -41,9 +41,17 @@ fn pcfg(cases: u32) -> ProptestConfig {
     }
 }
 
-/// Runs `gradcheck_module` with the default tolerances and asserts that it
+/// Runs `gradcheck_module` with the default settings and asserts that it
 /// passed, that every input and parameter element was checked, and that the
 /// ops in `ops` were recorded (so the check is not vacuous).
+///
+/// A draw that fails at the default step (1e-5) is re-checked at step 1e-6,
+/// and passes if that passes. The truncation error of central differences,
+/// `h^2 f''' / 6`, falls a hundredfold; a wrong gradient does not improve.
+/// Soak runs (`PROPTEST_CASES=1500`) met correct layers failing at 1e-5 by
+/// up to 3.4e-6, the error shrinking as `h^2` (a gradient near the 1e-3
+/// floor of a function with large third derivatives: a norm after a Linear
+/// whose inputs reach 4 or more).
 fn check<M: Module<f64>>(
     m: &mut M,
     inputs: &[Tensor<f64>],
@@ -52,9 +60,16 @@ fn check<M: Module<f64>>(
     f: impl for<'t> Fn(&M, &Ctx<'t, f64>, &[Var<'t, f64>]) -> Var<'t, f64>,
 ) -> Result<(), TestCaseError> {
     let expected = inputs.iter().map(Tensor::numel).sum::<usize>() + param_count(m);
-    let report = gradcheck_module(m, inputs, train, &GradcheckConfig::default(), f);
-    prop_assert!(report.passed(), "{}", report);
+    let report = gradcheck_module(m, inputs, train, &GradcheckConfig::default(), &f);
     prop_assert_eq!(report.checked, expected);
+    if !report.passed() {
+        let fine = GradcheckConfig {
+            step: 1e-6,
+            ..GradcheckConfig::default()
+        };
+        let again = gradcheck_module(m, inputs, train, &fine, &f);
+        prop_assert!(again.passed(), "{}; with step 1e-6: {}", report, again);
+    }
     for op in ops {
         prop_assert!(
             report.ops.contains(op),
