@@ -86,7 +86,7 @@ impl<T: Float> MultiHeadAttention<T> {
     /// backward), except when attention dropout is active, which needs the
     /// weights as a tensor: then the composed reference path of
     /// [`MultiHeadAttention::forward_with_weights`] runs. Both give the same
-    /// values and gradients (tests/tests/fast_paths.rs).
+    /// values and gradients (tests/tests/autograd_fused.rs).
     pub fn forward<'t>(
         &self,
         ctx: &Ctx<'t, T>,

@@ -43,7 +43,7 @@ impl<T: Float> Linear<T> {
     /// (..., D_in) -> (..., D_out)
     pub fn forward<'t>(&self, ctx: &Ctx<'t, T>, x: Var<'t, T>) -> Var<'t, T> {
         // One fused op (gemm accumulating onto the bias): same values as
-        // `x.matmul(w) + b`, one pass less (tests/tests/fast_paths.rs).
+        // `x.matmul(w) + b`, one pass less (tests/tests/autograd_fused.rs).
         x.linear(
             ctx.param(&self.weight),
             self.bias.as_ref().map(|b| ctx.param(b)),

@@ -58,6 +58,33 @@ impl<T: Float> MaskView<T> {
     }
 }
 
+/// `S = Q_bh K_bh^T` (Tq, Tk) of one head: the head's rows of Q and K are
+/// read in place at row stride D, starting at offsets `qo` and `ko`.
+fn head_scores<T: Float>(
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    qo: usize,
+    ko: usize,
+    (tq, tk, dk): (usize, usize, usize),
+) -> Vec<T> {
+    let d = *q.shape().last().expect("(B, T, D)");
+    let mut s = vec![T::ZERO; tq * tk];
+    gemm(
+        tq,
+        dk,
+        tk,
+        &q.data()[qo..],
+        d,
+        1,
+        &k.data()[ko..],
+        1,
+        d,
+        &mut s,
+        false,
+    );
+    s
+}
+
 /// Scores of one head, scaled and masked, then turned into probabilities in
 /// place: row-wise `P = exp(S - lse)` with `lse` given, or computed (and
 /// returned) when `lse` is `None`. A fully masked row has `lse = -inf` and
@@ -153,21 +180,7 @@ impl<'t, T: Float> Var<'t, T> {
             .for_each(|(bh, lse_h)| {
                 let (bi, h) = (bh / heads, bh % heads);
                 let (qo, ko) = (bi * tq * d + h * dk, bi * tk * d + h * dk);
-                let mut s = vec![T::ZERO; tq * tk];
-                // S = Q_bh K_bh^T: rows of Q and K at stride D.
-                gemm(
-                    tq,
-                    dk,
-                    tk,
-                    &q.data()[qo..],
-                    d,
-                    1,
-                    &kt.data()[ko..],
-                    1,
-                    d,
-                    &mut s,
-                    false,
-                );
+                let mut s = head_scores(&q, &kt, qo, ko, (tq, tk, dk));
                 head_probs(
                     &mut s,
                     tk,
@@ -215,20 +228,7 @@ impl<'t, T: Float> Var<'t, T> {
                     let (bi, h) = (bh / heads, bh % heads);
                     let (qo, ko) = (bi * tq * d + h * dk, bi * tk * d + h * dk);
                     // Recompute P from Q, K and the saved log-sum-exp.
-                    let mut p = vec![T::ZERO; tq * tk];
-                    gemm(
-                        tq,
-                        dk,
-                        tk,
-                        &q.data()[qo..],
-                        d,
-                        1,
-                        &kt.data()[ko..],
-                        1,
-                        d,
-                        &mut p,
-                        false,
-                    );
+                    let mut p = head_scores(q, kt, qo, ko, (tq, tk, dk));
                     let mut unused = vec![T::ZERO; tq];
                     let lse_h = &lse[bh * tq..(bh + 1) * tq];
                     head_probs(
