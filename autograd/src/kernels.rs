@@ -767,3 +767,104 @@ pub(crate) fn column_sums<T: Float>(a: &[T], b: Option<&[T]>, d: usize) -> Tenso
     }
     Tensor::from_vec(total, &[d])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The naive reference: `C[i][j] = sum_p A[i][p] B[p][j]` with explicit
+    /// strides, summed in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn naive(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f64],
+        rsa: usize,
+        csa: usize,
+        b: &[f64],
+        rsb: usize,
+        csb: usize,
+    ) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k)
+                    .map(|p| a[i * rsa + p * csa] * b[p * rsb + j * csb])
+                    .sum();
+            }
+        }
+        c
+    }
+
+    /// `gemm` (plain, transposed operands, accumulating, and large enough to
+    /// be split across threads) agrees with the naive loop.
+    #[test]
+    fn gemm_matches_the_naive_loop() {
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (3, 5, 2),
+            (17, 9, 33),
+            (130, 70, 260),
+            (260, 70, 130),
+        ] {
+            for &(ta, tb) in &[(false, false), (true, false), (false, true), (true, true)] {
+                let a = Tensor::<f64>::randn(&[m * k], 0.0, 1.0, (m * k) as u64);
+                let b = Tensor::<f64>::randn(&[k * n], 0.0, 1.0, (k * n + 1) as u64);
+                let (rsa, csa) = if ta { (1, m) } else { (k, 1) };
+                let (rsb, csb) = if tb { (1, k) } else { (n, 1) };
+                let want = naive(m, k, n, a.data(), rsa, csa, b.data(), rsb, csb);
+                for threads in [1, 2] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let mut c = vec![0.5; m * n];
+                    pool.install(|| {
+                        gemm(
+                            m,
+                            k,
+                            n,
+                            a.data(),
+                            rsa,
+                            csa,
+                            b.data(),
+                            rsb,
+                            csb,
+                            &mut c,
+                            false,
+                        )
+                    });
+                    for (x, y) in c.iter().zip(&want) {
+                        assert!(
+                            (x - y).abs() < 1e-10,
+                            "({m},{k},{n}) ta={ta} tb={tb}: {x} vs {y}"
+                        );
+                    }
+                    pool.install(|| {
+                        gemm(
+                            m,
+                            k,
+                            n,
+                            a.data(),
+                            rsa,
+                            csa,
+                            b.data(),
+                            rsb,
+                            csb,
+                            &mut c,
+                            true,
+                        )
+                    });
+                    for (x, y) in c.iter().zip(&want) {
+                        assert!(
+                            (x - 2.0 * y).abs() < 1e-9,
+                            "accumulate ({m},{k},{n}): {x} vs {}",
+                            2.0 * y
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
