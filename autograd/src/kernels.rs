@@ -820,48 +820,30 @@ mod tests {
                         .build()
                         .unwrap();
                     let mut c = vec![0.5; m * n];
-                    pool.install(|| {
-                        gemm(
-                            m,
-                            k,
-                            n,
-                            a.data(),
-                            rsa,
-                            csa,
-                            b.data(),
-                            rsb,
-                            csb,
-                            &mut c,
-                            false,
-                        )
-                    });
-                    for (x, y) in c.iter().zip(&want) {
-                        assert!(
-                            (x - y).abs() < 1e-10,
-                            "({m},{k},{n}) ta={ta} tb={tb}: {x} vs {y}"
-                        );
-                    }
-                    pool.install(|| {
-                        gemm(
-                            m,
-                            k,
-                            n,
-                            a.data(),
-                            rsa,
-                            csa,
-                            b.data(),
-                            rsb,
-                            csb,
-                            &mut c,
-                            true,
-                        )
-                    });
-                    for (x, y) in c.iter().zip(&want) {
-                        assert!(
-                            (x - 2.0 * y).abs() < 1e-9,
-                            "accumulate ({m},{k},{n}): {x} vs {}",
-                            2.0 * y
-                        );
+                    // Overwrite, then accumulate onto the result: C = 1x, then 2x the product.
+                    for (accumulate, times) in [(false, 1.0), (true, 2.0)] {
+                        pool.install(|| {
+                            gemm(
+                                m,
+                                k,
+                                n,
+                                a.data(),
+                                rsa,
+                                csa,
+                                b.data(),
+                                rsb,
+                                csb,
+                                &mut c,
+                                accumulate,
+                            )
+                        });
+                        for (x, y) in c.iter().zip(&want) {
+                            assert!(
+                                (x - times * y).abs() < 1e-9,
+                                "({m},{k},{n}) ta={ta} tb={tb} accumulate={accumulate}: {x} vs {}",
+                                times * y
+                            );
+                        }
                     }
                 }
             }
