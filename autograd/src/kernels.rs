@@ -164,7 +164,19 @@ impl<T: Float> Tensor<T> {
             self.shape(),
             shape
         );
-        self.zip_map(&Tensor::zeros(shape), "broadcast_to", |x, _| x)
+        // Read through broadcast strides; no second operand is allocated.
+        let st = broadcast_strides(self.shape(), shape);
+        let inner = shape.last().copied().unwrap_or(1);
+        let is = st.last().copied().unwrap_or(0);
+        let x = self.data();
+        let mut out = vec![T::ZERO; numel(shape)];
+        for_rows(&mut out, inner, |r, row| {
+            let o = row_offset(r, shape, &st);
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = x[o + j * is];
+            }
+        });
+        Tensor::from_vec(out, shape)
     }
 
     /// Sums a (broadcast) gradient back down to `shape`: the adjoint of

@@ -201,10 +201,6 @@ impl<T: Float> Norm<T> {
         }
     }
 
-    pub fn is_none(&self) -> bool {
-        matches!(self, Norm::None)
-    }
-
     /// (B, T, D) -> (B, T, D); `tokens` (B, T) marks real tokens for BatchNorm.
     pub fn forward<'t>(
         &self,
