@@ -20,19 +20,31 @@ pub fn rng(seed: u64) -> Rng {
 /// Tensors with their names (recorded attention weights).
 pub type NamedTensors<T> = Vec<(String, Tensor<T>)>;
 
+/// Whether a forward pass trains (dropout active, BatchNorm uses and
+/// updates batch statistics) or evaluates (dropout off, running statistics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Training.
+    Train,
+    /// Evaluation and decoding.
+    Eval,
+}
+
 /// Tape + mode + RNG, handed to every layer's forward.
 ///
 /// ```
 /// use autograd::{Tape, Tensor};
-/// use transformer::Ctx;
+/// use transformer::{Ctx, Mode};
 /// let tape: Tape = Tape::new();
-/// let ctx = Ctx::new(&tape, true, 7);
+/// let ctx = Ctx::train(&tape, 7); // or Ctx::new(&tape, Mode::Train, 7)
 /// let x = tape.leaf(Tensor::ones(&[2, 3]));
 /// let y = ctx.dropout(x, 0.5); // training: some entries zeroed, rest doubled
 /// assert!(y.value().data().iter().all(|&v| v == 0.0 || v == 2.0));
 /// ```
 pub struct Ctx<'t, T: Float = f32> {
+    /// The tape the forward pass records on.
     pub tape: &'t Tape<T>,
+    /// True in [`Mode::Train`].
     pub train: bool,
     rng: RefCell<Rng>,
     /// Attention weights handed back by the layers, when asked for.
@@ -40,14 +52,28 @@ pub struct Ctx<'t, T: Float = f32> {
 }
 
 impl<'t, T: Float> Ctx<'t, T> {
-    pub fn new(tape: &'t Tape<T>, train: bool, seed: u64) -> Self {
-        Self::with_rng(tape, train, rng(seed))
+    /// A context in `mode` whose dropout draws from a generator seeded
+    /// with `seed`.
+    pub fn new(tape: &'t Tape<T>, mode: Mode, seed: u64) -> Self {
+        Self::with_rng(tape, mode, rng(seed))
     }
 
-    pub fn with_rng(tape: &'t Tape<T>, train: bool, rng: Rng) -> Self {
+    /// Training mode, dropout seeded with `seed`.
+    pub fn train(tape: &'t Tape<T>, seed: u64) -> Self {
+        Self::new(tape, Mode::Train, seed)
+    }
+
+    /// Evaluation mode (no dropout, so no seed).
+    pub fn eval(tape: &'t Tape<T>) -> Self {
+        Self::new(tape, Mode::Eval, 0)
+    }
+
+    /// A context in `mode` drawing from `rng` (a trainer carries its
+    /// generator from step to step this way).
+    pub fn with_rng(tape: &'t Tape<T>, mode: Mode, rng: Rng) -> Self {
         Ctx {
             tape,
-            train,
+            train: mode == Mode::Train,
             rng: RefCell::new(rng),
             attention: RefCell::new(None),
         }

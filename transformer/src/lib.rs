@@ -1,53 +1,63 @@
 //! # transformer
 //!
 //! The Transformer of "Attention Is All You Need" (Vaswani et al. 2017) on
-//! the `autograd` crate, with every ablation knob in its config.
+//! the `autograd` crate, with every ablation knob in its config, and every
+//! block (feed-forward, norm, attention, positions) pluggable by name.
+//!
+//! Where things live:
+//!
+//! - [`layers`]: the building blocks, one file each ([`Linear`],
+//!   [`Embedding`], [`MultiHeadAttention`], [`LayerNorm`], [`BatchNorm`],
+//!   [`FeedForward`], [`PositionalEncoding`]). A layer of your own goes in a
+//!   file like these, in your crate.
+//! - [`model`]: how blocks become a Transformer: the block traits
+//!   ([`FeedForwardBlock`], [`NormBlock`], [`AttentionBlock`],
+//!   [`PositionalBlock`]), the [`Registry`] that builds them by name, the
+//!   Add & Norm wiring, the encoder and decoder stacks, [`ModelConfig`] and
+//!   [`Transformer`] itself.
+//! - [`train`]: [`Trainer`], Adam, learning-rate schedules, checkpoints and
+//!   evaluation metrics ([`EvalStats`]: NLL, perplexity, accuracy).
+//! - [`decode`]: greedy and beam search.
+//! - [`Module`], [`Ctx`] and [`gradcheck_module`]: what every layer uses.
+//!
+//! ```
+//! use transformer::{ModelConfig, Registry, Transformer};
+//! let config = ModelConfig { feed_forward: "gelu".into(), ..ModelConfig::tiny(12, 12) };
+//! let model = Transformer::<f32>::with_registry(&config, &Registry::builtin(), 0).unwrap();
+//! assert_eq!(model.config.feed_forward, "gelu");
+//! ```
+
+#![deny(missing_docs)]
 
 // The README's examples run as doctests of this crate.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
 
-mod attention;
-pub mod checkpoint;
-mod config;
 mod ctx;
 pub mod decode;
-mod decoder;
-mod embedding;
-mod encoder;
-mod feedforward;
 mod gradcheck;
-mod linear;
-mod model;
+pub mod layers;
+pub mod model;
 mod module;
-mod norm;
-pub mod optim;
-mod positional;
-pub mod schedule;
-mod sublayer;
 pub mod synthetic;
-mod trainer;
+pub mod train;
 
-pub use attention::{MultiHeadAttention, causal_mask, mask_union, padding_mask};
-pub use config::{Activation, ModelConfig, NormKind, NormScope, Placement, PositionalKind, Tying};
-pub use ctx::{Ctx, Rng, rng};
+pub use ctx::{Ctx, Mode, NamedTensors, Rng, rng};
 pub use decode::{Hypothesis, beam, greedy, length_penalty};
-pub use decoder::{Decoder, DecoderLayer, DecoderMasks};
-pub use embedding::Embedding;
-pub use encoder::{Encoder, EncoderLayer};
-pub use feedforward::FeedForward;
-pub use gradcheck::gradcheck_module;
-pub use linear::{Linear, xavier_uniform};
-pub use model::{Encoded, TokenBatch, Transformer};
+pub use gradcheck::{gradcheck_module, gradcheck_transformer};
+pub use layers::{
+    Activation, BatchNorm, Embedding, FeedForward, LayerNorm, Linear, MultiHeadAttention, NoNorm,
+    PositionalEncoding, PositionalKind, causal_mask, mask_union, padding_mask, sinusoidal_table,
+    xavier_uniform,
+};
+pub use model::{
+    AddNorm, AttentionBlock, Decoder, DecoderLayer, DecoderMasks, Encoded, Encoder, EncoderLayer,
+    FeedForwardBlock, ModelConfig, NormBlock, NormScope, Placement, PositionalBlock, Registry,
+    Stack, TokenBatch, Transformer, Tying, Wiring,
+};
 pub use module::{Entry, Module, Visitor, named_params, named_tensors, param_count};
-pub use norm::{BatchNorm, LayerNorm, Norm};
-pub use positional::{PositionalEncoding, sinusoidal_table};
-pub use sublayer::Sublayer;
-pub use trainer::{StepStats, TrainConfig, Trainer};
-
-// --- re-exports of optim / schedule / checkpoint (helper-owned block) ---
-pub use checkpoint::{Checkpoint, CheckpointError, average_checkpoints};
-pub use optim::{Adam, AdamConfig, clip_grad_norm};
-pub use schedule::Schedule;
-// --- end of helper-owned block ---
+pub use train::{
+    Adam, AdamConfig, Checkpoint, CheckpointError, EvalStats, Schedule, StepStats, TrainConfig,
+    Trainer, average_checkpoints, checkpoint, clip_grad_norm, optim, schedule,
+};

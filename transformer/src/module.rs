@@ -11,7 +11,9 @@ use autograd::{Float, Param, Tensor};
 /// What a visitor is shown: a trainable parameter, or a buffer (state saved
 /// in checkpoints but not trained, such as BatchNorm's running statistics).
 pub enum Entry<'a, T: Float> {
+    /// A trainable parameter.
     Param(&'a mut Param<T>),
+    /// A saved, untrained tensor.
     Buffer(&'a mut Tensor<T>),
 }
 
@@ -22,6 +24,7 @@ pub struct Visitor<'a, T: Float = f32> {
 }
 
 impl<'a, T: Float> Visitor<'a, T> {
+    /// A visitor calling `f(dotted_name, entry)` for every entry.
     pub fn new(f: &'a mut dyn FnMut(&str, Entry<'_, T>)) -> Self {
         Visitor {
             prefix: String::new(),
@@ -73,6 +76,8 @@ impl<'a, T: Float> Visitor<'a, T> {
 /// assert_eq!(param_count(&mut s), 4);
 /// ```
 pub trait Module<T: Float = f32> {
+    /// Shows `v` every parameter (`v.param`), buffer (`v.buffer`) and
+    /// sub-module (`v.module`), each under its field name.
     fn visit(&mut self, v: &mut Visitor<'_, T>);
 }
 

@@ -11,7 +11,7 @@ use transformer::checkpoint::{
 };
 use transformer::optim::{Adam, clip_grad_norm};
 use transformer::schedule::Schedule;
-use transformer::{Ctx, Linear, Module, Rng, Visitor, named_tensors, rng};
+use transformer::{Ctx, Linear, Mode, Module, Rng, Visitor, named_tensors, rng};
 
 /// A small model: Linear, ReLU, dropout, Linear, plus a buffer (a running
 /// mean of the hidden activations, like BatchNorm's) so that parameters,
@@ -90,7 +90,7 @@ fn train(run: &mut Run, steps: u64, c: &Config) {
     for _ in 0..steps {
         let tape = Tape::new();
         let r = std::mem::replace(&mut run.rng, rng(0));
-        let ctx = Ctx::with_rng(&tape, true, r);
+        let ctx = Ctx::with_rng(&tape, Mode::Train, r);
         let (out, h) = run.model.forward(&ctx, tape.constant(x.clone()), c.dropout);
         let diff = out - tape.constant(y.clone());
         let loss = (diff * diff).mean_all();
@@ -299,7 +299,7 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 
 fn wrap(payload: &[u8]) -> Vec<u8> {
     let mut out = b"TFMRCKPT".to_vec();
-    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.extend_from_slice(&fnv1a64(payload).to_le_bytes());
     out.extend_from_slice(payload);
@@ -416,14 +416,14 @@ fn wrong_magic_is_not_a_checkpoint() {
 fn wrong_version_is_reported_with_both_versions() {
     let dir = TempDir::new("version");
     let mut bytes = valid_bytes();
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
-    let err = load_bytes(&dir, "v2.ckpt", &bytes);
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let err = load_bytes(&dir, "v1.ckpt", &bytes);
     assert!(
         matches!(
             err,
             CheckpointError::UnsupportedVersion {
-                found: 2,
-                supported: 1
+                found: 1,
+                supported: FORMAT_VERSION
             }
         ),
         "{err:?}"

@@ -459,7 +459,7 @@ fn transformer_decoding_stops_at_eos_and_max_length() {
     tgt.extend(&g2[0].tokens);
     let chosen: Vec<usize> = g2[0].tokens.iter().copied().chain([eos]).collect();
     let tape = Tape::no_grad();
-    let ctx = Ctx::new(&tape, false, 0);
+    let ctx = Ctx::eval(&tape);
     let src0 = TokenBatch::padded(&[vec![3, 4, 5, 6, 7]], PAD);
     let lp = m
         .forward(&ctx, &src0, &TokenBatch::padded(&[tgt], PAD))

@@ -18,15 +18,38 @@ use autograd::check::{GradcheckConfig, strategies};
 use autograd::{Tape, Tensor, Var};
 use proptest::prelude::*;
 use transformer::{
-    Activation, BatchNorm, Ctx, Embedding, Entry, FeedForward, LayerNorm, Linear, ModelConfig,
-    Module, MultiHeadAttention, NormKind, NormScope, Placement, PositionalEncoding, PositionalKind,
-    Sublayer, Transformer, Tying, Visitor, causal_mask, gradcheck_module, mask_union, named_params,
-    named_tensors, padding_mask, param_count, rng, sinusoidal_table,
+    Activation, AddNorm, BatchNorm, Ctx, Embedding, Entry, FeedForward, LayerNorm, Linear, Mode,
+    ModelConfig, Module, MultiHeadAttention, NoNorm, NormBlock, NormScope, Placement,
+    PositionalEncoding, PositionalKind, Transformer, Tying, Visitor, Wiring, causal_mask,
+    gradcheck_module, mask_union, named_params, named_tensors, padding_mask, param_count, rng,
+    sinusoidal_table,
 };
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
+
+/// The built-in norms, for loops over every wiring.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum NormKind {
+    Layer,
+    Batch,
+    None,
+}
+
+impl NormKind {
+    fn build(self, d: usize) -> Box<dyn NormBlock<f64>> {
+        match self {
+            NormKind::Layer => Box::new(LayerNorm::new(d, 1e-5)),
+            NormKind::Batch => Box::new(BatchNorm::new(d, 1e-5, 0.1)),
+            NormKind::None => Box::new(NoNorm),
+        }
+    }
+}
+
+fn mode(train: bool) -> Mode {
+    if train { Mode::Train } else { Mode::Eval }
+}
 
 /// proptest settings: `cases` cases (`PROPTEST_CASES=n` overrides, to soak
 /// the suite), no regression files written.
@@ -60,14 +83,14 @@ fn check<M: Module<f64>>(
     f: impl for<'t> Fn(&M, &Ctx<'t, f64>, &[Var<'t, f64>]) -> Var<'t, f64>,
 ) -> Result<(), TestCaseError> {
     let expected = inputs.iter().map(Tensor::numel).sum::<usize>() + param_count(m);
-    let report = gradcheck_module(m, inputs, train, &GradcheckConfig::default(), &f);
+    let report = gradcheck_module(m, inputs, mode(train), &GradcheckConfig::default(), &f);
     prop_assert_eq!(report.checked, expected);
     if !report.passed() {
         let fine = GradcheckConfig {
             step: 1e-6,
             ..GradcheckConfig::default()
         };
-        let again = gradcheck_module(m, inputs, train, &fine, &f);
+        let again = gradcheck_module(m, inputs, mode(train), &fine, &f);
         prop_assert!(again.passed(), "{}; with step 1e-6: {}", report, again);
     }
     for op in ops {
@@ -188,7 +211,7 @@ fn gradcheck_rng() -> transformer::Rng {
     gradcheck_module(
         &mut Nothing,
         &[],
-        true,
+        Mode::Train,
         &GradcheckConfig::default(),
         |_, ctx, _| {
             *seen.borrow_mut() = Some(ctx.rng().clone());
@@ -476,7 +499,7 @@ proptest! {
         let x = Tensor::randn(&[b, t, d], 0.0, 1.0, seed ^ 13);
         let pre = {
             let tape = Tape::no_grad();
-            let ctx = Ctx::new(&tape, false, 0);
+            let ctx = Ctx::eval(&tape);
             ff.w1.forward(&ctx, tape.constant(x.clone())).value()
         };
         prop_assume!(pre.data().iter().all(|v| v.abs() >= 1e-3));
@@ -498,7 +521,7 @@ proptest! {
 
 /// A user-style module: a sublayer wrapped around a Linear.
 struct Block {
-    sub: Sublayer<f64>,
+    sub: AddNorm<f64>,
     inner: Linear<f64>,
 }
 
@@ -535,7 +558,7 @@ proptest! {
                 for residual in [true, false] {
                     for (train, p) in [(false, 0.0), (true, 0.2)] {
                         let mut block = Block {
-                            sub: Sublayer::new(kind, d, 1e-5, 0.1, placement, residual, p),
+                            sub: AddNorm::new(kind.build(d), Wiring { placement, residual, dropout: p }),
                             inner: Linear::new(d, d, true, &mut rng(seed)),
                         };
                         randomize(&mut block, seed);
@@ -543,7 +566,7 @@ proptest! {
                             Placement::Pre => x.clone(),
                             Placement::Post => {
                                 let tape = Tape::no_grad();
-                                let ctx = Ctx::with_rng(&tape, train, rng0.clone());
+                                let ctx = Ctx::with_rng(&tape, mode(train), rng0.clone());
                                 let xv = tape.constant(x.clone());
                                 let y = ctx.dropout(block.inner.forward(&ctx, xv), p);
                                 if residual { xv + y } else { y }.value()
@@ -628,7 +651,7 @@ fn positional_encodings_add_the_first_t_rows() {
     ];
     for (pe, table) in &cases {
         let tape = Tape::no_grad();
-        let ctx = Ctx::new(&tape, false, 0);
+        let ctx = Ctx::eval(&tape);
         let y = pe.forward(&ctx, tape.constant(x.clone())).value();
         for bi in 0..b {
             for ti in 0..t {
@@ -646,7 +669,7 @@ fn positional_encodings_add_the_first_t_rows() {
 fn positional_encoding_rejects_sequences_longer_than_the_table() {
     let pe = PositionalEncoding::<f32>::new(PositionalKind::Sinusoidal, 3, 4, &mut rng(0));
     let tape = Tape::no_grad();
-    let ctx = Ctx::new(&tape, false, 0);
+    let ctx = Ctx::eval(&tape);
     pe.forward(&ctx, tape.constant(Tensor::zeros(&[1, 4, 4])));
 }
 
@@ -654,7 +677,7 @@ fn positional_encoding_rejects_sequences_longer_than_the_table() {
 fn embedding_is_scaled_by_sqrt_d_model() {
     let emb = Embedding::<f64>::new(5, 4, &mut rng(3));
     let tape = Tape::no_grad();
-    let ctx = Ctx::new(&tape, false, 0);
+    let ctx = Ctx::eval(&tape);
     let y = emb.forward(&ctx, &[4, 0, 4], &[1, 3]).value();
     assert_eq!(y.shape(), &[1, 3, 4]);
     for (k, &id) in [4usize, 0, 4].iter().enumerate() {
@@ -697,7 +720,7 @@ fn layer_norm_values_by_hand() {
         -(4.0 * r1) + 0.5, // gain -1
     ];
     let tape = Tape::no_grad();
-    let ctx = Ctx::new(&tape, false, 0);
+    let ctx = Ctx::eval(&tape);
     let y = ln.forward(&ctx, tape.constant(x.clone())).value();
     for (a, e) in y.data().iter().zip(expected) {
         assert!(close(*a, e, 1e-12), "{a} vs {e}");
@@ -707,7 +730,7 @@ fn layer_norm_values_by_hand() {
     ln32.gain.value = ln.gain.value.cast();
     ln32.bias.value = ln.bias.value.cast();
     let tape = Tape::no_grad();
-    let ctx = Ctx::new(&tape, true, 0);
+    let ctx = Ctx::train(&tape, 0);
     let y = ln32.forward(&ctx, tape.constant(x.cast())).value();
     for (a, e) in y.data().iter().zip(expected) {
         assert!(close(*a as f64, e, 1e-5), "{a} vs {e}");
@@ -745,7 +768,7 @@ fn batch_norm_train_values_and_running_statistics_by_hand() {
     let mean = [3.0, 0.0];
     let var = [14.0 / 3.0, 8.0 / 3.0];
     let tape = Tape::no_grad();
-    let ctx = Ctx::new(&tape, true, 0);
+    let ctx = Ctx::train(&tape, 0);
     let y = bn
         .forward(&ctx, tape.constant(x.clone()), Some(&tokens))
         .value();
@@ -799,12 +822,12 @@ fn batch_norm_eval_uses_running_statistics_and_leaves_them_alone() {
     let (x, tokens) = bn_input();
     {
         let tape = Tape::no_grad();
-        let ctx = Ctx::new(&tape, true, 0);
+        let ctx = Ctx::train(&tape, 0);
         bn.forward(&ctx, tape.constant(x.clone()), Some(&tokens));
     }
     let (rm, rv) = (bn.running_mean(), bn.running_var()); // (0.3, 0), (1.6, 1.3)
     let tape = Tape::no_grad();
-    let ctx = Ctx::new(&tape, false, 0);
+    let ctx = Ctx::eval(&tape);
     let y = bn
         .forward(&ctx, tape.constant(x.clone()), Some(&tokens))
         .value();
@@ -821,7 +844,7 @@ fn batch_norm_eval_uses_running_statistics_and_leaves_them_alone() {
     assert!(bn.running_mean().bit_eq(&rm) && bn.running_var().bit_eq(&rv));
     // An all-padding batch in training updates nothing (and stays finite).
     let tape = Tape::no_grad();
-    let ctx = Ctx::new(&tape, true, 0);
+    let ctx = Ctx::train(&tape, 0);
     let none = Tensor::zeros(&[2, 3]);
     let y = bn.forward(&ctx, tape.constant(x), Some(&none)).value();
     assert!(y.all_finite());
@@ -838,7 +861,7 @@ fn attention_weights_are_distributions_over_unmasked_keys() {
         &padding_mask::<f64>(&ids, &[b, t], 0),
     );
     let tape = Tape::no_grad();
-    let ctx = Ctx::new(&tape, false, 0);
+    let ctx = Ctx::eval(&tape);
     let x = tape.constant(Tensor::randn(&[b, t, 4], 0.0, 1.0, 6));
     let (y, w) = mha.forward_with_weights(&ctx, x, x, Some(&mask));
     assert_eq!(y.shape(), vec![b, t, 4]);
@@ -874,7 +897,7 @@ fn attention_fused_and_composed_paths_agree() {
     let pad = padding_mask::<f64>(&ids, &[b, tk], 0);
     let causal = causal_mask::<f64>(tq);
     let tape = Tape::no_grad();
-    let ctx = Ctx::new(&tape, false, 0);
+    let ctx = Ctx::eval(&tape);
     let q = tape.constant(Tensor::randn(&[b, tq, 6], 0.0, 1.0, 1));
     let kv = tape.constant(Tensor::randn(&[b, tk, 6], 0.0, 1.0, 2));
     for (q, kv, mask) in [
@@ -933,7 +956,7 @@ fn parameter_count_of_the_w1_model() {
 fn parameter_names_from_the_visitor() {
     let cfg = ModelConfig {
         tying: Tying::None,
-        positional: PositionalKind::Learned,
+        positional: "learned".into(),
         placement: Placement::Pre,
         ..ModelConfig::tiny(12, 10)
     };
@@ -950,12 +973,12 @@ fn parameter_names_from_the_visitor() {
         "encoder.layers.0.self_attn.w_o.bias",
         "encoder.layers.0.ffn.w1.weight",
         "encoder.layers.0.ffn.w2.bias",
-        "encoder.layers.0.norm1.gain",
-        "encoder.layers.0.norm2.bias",
+        "encoder.layers.0.self_attn_norm.gain",
+        "encoder.layers.0.ffn_norm.bias",
         "encoder.final_norm.gain",
         "decoder.layers.0.self_attn.w_k.weight",
         "decoder.layers.0.cross_attn.w_v.weight",
-        "decoder.layers.0.norm3.gain",
+        "decoder.layers.0.ffn_norm.gain",
         "decoder.final_norm.bias",
     ] {
         assert!(
@@ -1011,7 +1034,7 @@ fn parameter_names_from_the_visitor() {
 #[test]
 fn batch_norm_buffers_are_tensors_but_not_parameters() {
     let cfg = ModelConfig {
-        norm: NormKind::Batch,
+        norm: "batch".into(),
         ..ModelConfig::tiny(12, 12)
     };
     let mut m = Transformer::<f32>::new(&cfg, 0).unwrap();
@@ -1019,9 +1042,9 @@ fn batch_norm_buffers_are_tensors_but_not_parameters() {
     let tensors = named_tensors(&mut m);
     let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
     for buf in [
-        "encoder.layers.0.norm1.running_mean",
-        "encoder.layers.0.norm1.running_var",
-        "decoder.layers.0.norm3.running_var",
+        "encoder.layers.0.self_attn_norm.running_mean",
+        "encoder.layers.0.self_attn_norm.running_var",
+        "decoder.layers.0.ffn_norm.running_var",
     ] {
         assert!(names.contains(&buf), "no buffer `{buf}` in {names:?}");
         assert!(
@@ -1029,10 +1052,10 @@ fn batch_norm_buffers_are_tensors_but_not_parameters() {
             "buffer `{buf}` is a parameter"
         );
     }
-    assert!(params.contains(&"encoder.layers.0.norm1.gain".to_string()));
+    assert!(params.contains(&"encoder.layers.0.self_attn_norm.gain".to_string()));
     let (_, rv) = tensors
         .iter()
-        .find(|(n, _)| n == "encoder.layers.0.norm1.running_var")
+        .find(|(n, _)| n == "encoder.layers.0.self_attn_norm.running_var")
         .unwrap();
     assert_eq!(rv.data(), &[1.0; 32]);
     // Every parameter is also a tensor; buffers are the difference (2 per norm,
@@ -1048,8 +1071,8 @@ fn batch_norm_buffers_are_tensors_but_not_parameters() {
     };
     let mut m = Transformer::<f32>::new(&cfg, 0).unwrap();
     let names: Vec<String> = named_tensors(&mut m).into_iter().map(|(n, _)| n).collect();
-    assert!(names.contains(&"encoder.layers.0.norm2.running_mean".to_string()));
-    assert!(names.contains(&"decoder.layers.0.norm1.gain".to_string()));
+    assert!(names.contains(&"encoder.layers.0.ffn_norm.running_mean".to_string()));
+    assert!(names.contains(&"decoder.layers.0.self_attn_norm.gain".to_string()));
     assert!(
         !names
             .iter()
@@ -1081,7 +1104,7 @@ fn presets_validate() {
     assert_eq!(base.dropout, 0.1);
     assert_eq!(
         (base.tying, base.placement, base.norm),
-        (Tying::All, Placement::Post, NormKind::Layer)
+        (Tying::All, Placement::Post, "layer".to_string())
     );
 }
 
@@ -1249,7 +1272,7 @@ fn validate_names_what_is_wrong() {
         ModelConfig {
             d_model: 31,
             heads: 1,
-            positional: PositionalKind::Learned,
+            positional: "learned".into(),
             ..ok.clone()
         },
         ModelConfig {
@@ -1265,12 +1288,12 @@ fn validate_names_what_is_wrong() {
 #[test]
 fn config_serde_round_trip_through_bincode() {
     let cfg = ModelConfig {
-        norm: NormKind::Batch,
+        norm: "batch".into(),
         norm_scope: NormScope::EncoderOnly,
         placement: Placement::Pre,
         residual: false,
-        activation: Activation::Gelu,
-        positional: PositionalKind::Learned,
+        feed_forward: "gelu".into(),
+        positional: "learned".into(),
         tying: Tying::Output,
         pad_id: None,
         ..ModelConfig::small(30, 40)

@@ -16,9 +16,33 @@ use autograd::check::{GradcheckConfig, GradcheckReport};
 use autograd::{Float, Tape, Tensor};
 use proptest::prelude::*;
 use transformer::{
-    Activation, Ctx, ModelConfig, NormKind, NormScope, Placement, PositionalKind, TokenBatch,
-    Transformer, Tying, gradcheck_module, named_params, named_tensors, param_count,
+    Ctx, Mode, ModelConfig, NormScope, Placement, TokenBatch, Transformer, Tying, gradcheck_module,
+    named_params, named_tensors, param_count,
 };
+
+/// The built-in norms, for loops over every wiring.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum NormKind {
+    Layer,
+    Batch,
+    None,
+}
+
+impl NormKind {
+    /// The registry name.
+    fn name(self) -> String {
+        match self {
+            NormKind::Layer => "layer",
+            NormKind::Batch => "batch",
+            NormKind::None => "none",
+        }
+        .into()
+    }
+}
+
+fn mode(train: bool) -> Mode {
+    if train { Mode::Train } else { Mode::Eval }
+}
 
 const PAD: usize = 0;
 const BOS: usize = 1;
@@ -35,7 +59,7 @@ fn tiny(norm: NormKind, placement: Placement, residual: bool) -> ModelConfig {
         dropout: 0.0,
         attention_dropout: 0.0,
         ffn_dropout: 0.0,
-        norm,
+        norm: norm.name(),
         placement,
         residual,
         max_len: 8,
@@ -63,7 +87,7 @@ fn grad_model(
     let mut m = Transformer::<f64>::new(cfg, seed).unwrap();
     let n = param_count(&mut m);
     let (src, tgt_in, labels) = data;
-    let report = gradcheck_module(&mut m, &[], train, check, |m, ctx, _| {
+    let report = gradcheck_module(&mut m, &[], mode(train), check, |m, ctx, _| {
         let logits = m.forward(ctx, src, tgt_in);
         m.loss(logits, labels, 0.1)
     });
@@ -106,14 +130,10 @@ fn gradcheck_every_norm_placement_residual_combination() {
 fn gradcheck_every_tying_and_positional_kind() {
     let base = tiny(NormKind::Layer, Placement::Post, true);
     for tying in [Tying::None, Tying::Output, Tying::All] {
-        for positional in [
-            PositionalKind::Sinusoidal,
-            PositionalKind::Learned,
-            PositionalKind::None,
-        ] {
+        for positional in ["sinusoidal", "learned", "none"] {
             let cfg = ModelConfig {
                 tying,
-                positional,
+                positional: positional.into(),
                 ..base.clone()
             };
             assert_grad_model(&cfg, false, &[]);
@@ -143,14 +163,14 @@ fn gradcheck_other_knobs() {
     let base = tiny(NormKind::Layer, Placement::Post, true);
     assert_grad_model(
         &ModelConfig {
-            activation: Activation::Gelu,
+            feed_forward: "gelu".into(),
             ..base.clone()
         },
         false,
         &["gelu"],
     );
     let enc_only = ModelConfig {
-        norm: NormKind::Batch,
+        norm: "batch".into(),
         norm_scope: NormScope::EncoderOnly,
         ..base.clone()
     };
@@ -176,13 +196,13 @@ fn gradcheck_other_knobs() {
     let (src, tgt_in, labels) = batch();
     for step in 0..3 {
         let tape = Tape::no_grad();
-        let ctx = Ctx::new(&tape, true, step);
+        let ctx = Ctx::train(&tape, step);
         m.forward(&ctx, &src, &tgt_in);
     }
     let report = gradcheck_module(
         &mut m,
         &[],
-        false,
+        Mode::Eval,
         &GradcheckConfig::default(),
         |m, ctx, _| m.loss(m.forward(ctx, &src, &tgt_in), &labels, 0.1),
     );
@@ -255,7 +275,7 @@ proptest! {
         for norm in [NormKind::Layer, NormKind::Batch, NormKind::None] {
             for placement in [Placement::Post, Placement::Pre] {
                 let cfg = ModelConfig {
-                    activation: Activation::Gelu,
+                    feed_forward: "gelu".into(),
                     ..tiny(norm, placement, true)
                 };
                 let train = norm == NormKind::Batch;
@@ -319,7 +339,7 @@ fn logits<T: Float>(
     seed: u64,
 ) -> Tensor<T> {
     let tape = Tape::no_grad();
-    let ctx = Ctx::new(&tape, train, seed);
+    let ctx = Ctx::new(&tape, mode(train), seed);
     m.forward(&ctx, src, tgt_in).value()
 }
 
@@ -338,7 +358,7 @@ fn small(norm: NormKind, placement: Placement) -> ModelConfig {
         d_ff: 32,
         encoder_layers: 2,
         decoder_layers: 2,
-        norm,
+        norm: norm.name(),
         placement,
         max_len: 16,
         ..ModelConfig::tiny(10, 10)
@@ -631,7 +651,7 @@ fn train_mode_dropout_is_fixed_by_the_ctx_seed() {
         .collect();
     let grads = |seed: u64| {
         let tape = Tape::new();
-        let ctx = Ctx::new(&tape, true, seed);
+        let ctx = Ctx::train(&tape, seed);
         let loss = m.loss(m.forward(&ctx, &src, &tgt), &labels, 0.1);
         let g = tape.backward(loss);
         params

@@ -18,8 +18,8 @@ use autograd::{Tape, Tensor, matmul_into, matmul_shape, numel};
 use clap::{Parser, ValueEnum};
 use rand::RngExt;
 use transformer::{
-    Ctx, EncoderLayer, ModelConfig, NormKind, Placement, PositionalKind, TokenBatch, TrainConfig,
-    Trainer, Tying, param_count, rng,
+    Ctx, EncoderLayer, Mode, ModelConfig, Placement, Registry, TokenBatch, TrainConfig, Trainer,
+    Tying, param_count, rng,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
@@ -126,8 +126,8 @@ fn bench_config(
         attention_dropout: 0.0,
         ffn_dropout: 0.0,
         tying: Tying::All,
-        positional: PositionalKind::Sinusoidal,
-        norm: NormKind::Layer,
+        positional: "sinusoidal".into(),
+        norm: "layer".into(),
         placement: Placement::Post,
         residual: true,
         max_len,
@@ -193,13 +193,13 @@ fn encoder_layer(
     t: usize,
 ) -> Row {
     let cfg = bench_config(8, d, heads, f, 1, t);
-    let layer = EncoderLayer::<f32>::new(&cfg, &mut rng(0));
+    let layer = EncoderLayer::<f32>::new(&cfg, &Registry::builtin(), &mut rng(0));
     let x = Tensor::<f32>::randn(&[b, t, d], 0.0, 1.0, 42);
     let mut dropout_rng = rng(7);
     let (first, mut times) = time_steps(args.warmup, args.steps, || {
         let tape = Tape::new();
-        let ctx = Ctx::with_rng(&tape, true, dropout_rng.clone());
-        let (y, _) = layer.forward(&ctx, tape.constant(x.clone()), None, None);
+        let ctx = Ctx::with_rng(&tape, Mode::Train, dropout_rng.clone());
+        let y = layer.forward(&ctx, tape.constant(x.clone()), None, None);
         let grads = tape.backward(y.sum_all());
         dropout_rng = ctx.into_rng();
         drop(grads);

@@ -13,7 +13,7 @@ use crate::{Ctx, Module, Rng, Visitor};
 /// use transformer::{rng, Ctx, Embedding};
 /// let emb = Embedding::<f32>::new(10, 4, &mut rng(0));
 /// let tape = Tape::new();
-/// let ctx = Ctx::new(&tape, false, 0);
+/// let ctx = Ctx::eval(&tape);
 /// let x = emb.forward(&ctx, &[1, 2, 3, 1, 0, 0], &[2, 3]); // ids (B, T)
 /// assert_eq!(x.shape(), vec![2, 3, 4]); // (B, T, D)
 /// ```
@@ -32,10 +32,12 @@ impl<T: Float> Embedding<T> {
         }
     }
 
+    /// Vocabulary size V.
     pub fn vocab(&self) -> usize {
         self.weight.value.shape()[0]
     }
 
+    /// Width D.
     pub fn d_model(&self) -> usize {
         self.weight.value.shape()[1]
     }

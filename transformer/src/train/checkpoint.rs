@@ -62,8 +62,10 @@ use crate::{Entry, Module, Rng, Visitor};
 /// The first 8 bytes of every checkpoint file.
 pub const MAGIC: [u8; 8] = *b"TFMRCKPT";
 
-/// The format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this code writes and reads. 2: the Transformer's
+/// config names its blocks (issue 7), and its sublayer norms are named
+/// `self_attn_norm`, `cross_attn_norm`, `ffn_norm` (were `norm1..3`).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Bytes before the payload: magic, version, payload length, checksum.
 pub const HEADER_LEN: usize = 28;
@@ -76,7 +78,9 @@ pub const HEADER_LEN: usize = 28;
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TensorKind {
+    /// A trainable parameter.
     Param,
+    /// A saved, untrained tensor (BatchNorm's running statistics).
     Buffer,
 }
 
@@ -101,7 +105,9 @@ impl fmt::Display for TensorKind {
 pub struct SavedTensor {
     /// Dotted name from the module's visitor (`encoder.layers.0.ff.w1.weight`).
     pub name: String,
+    /// Parameter or buffer.
     pub kind: TensorKind,
+    /// The tensor's shape.
     pub shape: Vec<usize>,
     /// Row-major elements.
     pub data: Vec<f32>,
@@ -137,6 +143,8 @@ impl SavedTensor {
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint<C> {
+    /// The caller's config (the trainer stores its model and training
+    /// configs, block names included).
     pub config: C,
     /// Training step (number of optimiser updates done).
     pub step: u64,
@@ -160,26 +168,54 @@ pub struct Checkpoint<C> {
 pub enum CheckpointError {
     /// The operating system refused an operation on `path`.
     Io {
+        /// The file.
         path: PathBuf,
         /// What was being done (`"open"`, `"read"`, `"write"`, ...).
         action: &'static str,
+        /// The operating system's error.
         source: io::Error,
     },
     /// The file does not start with [`MAGIC`].
-    NotACheckpoint { found: Vec<u8> },
+    NotACheckpoint {
+        /// The first bytes of the file.
+        found: Vec<u8>,
+    },
     /// The file was written by another format version.
-    UnsupportedVersion { found: u32, supported: u32 },
+    UnsupportedVersion {
+        /// The file's version.
+        found: u32,
+        /// [`FORMAT_VERSION`].
+        supported: u32,
+    },
     /// The file is shorter than its header says (or than the header itself):
     /// an interrupted copy, or a corrupt length field.
-    Truncated { expected: u64, actual: u64 },
+    Truncated {
+        /// Bytes the header promises.
+        expected: u64,
+        /// Bytes the file has.
+        actual: u64,
+    },
     /// The file is longer than its header says.
-    TrailingBytes { expected: u64, actual: u64 },
+    TrailingBytes {
+        /// Bytes the header promises.
+        expected: u64,
+        /// Bytes the file has.
+        actual: u64,
+    },
     /// The payload's checksum differs from the header's: the bytes changed
     /// after writing.
-    ChecksumMismatch { stored: u64, computed: u64 },
+    ChecksumMismatch {
+        /// The header's checksum.
+        stored: u64,
+        /// The checksum of the bytes read.
+        computed: u64,
+    },
     /// A length inside the payload claims more memory than the payload could
     /// hold: a corrupt or hostile file.
-    LimitExceeded { limit: usize },
+    LimitExceeded {
+        /// The decoder's byte limit.
+        limit: usize,
+    },
     /// The payload does not decode as a checkpoint of the requested type.
     Decode(String),
     /// The checkpoint could not be encoded.
@@ -194,7 +230,9 @@ pub enum CheckpointError {
     NoCheckpoints,
     /// An error in the file at `path`.
     InFile {
+        /// The file.
         path: PathBuf,
+        /// What went wrong in it.
         source: Box<CheckpointError>,
     },
 }

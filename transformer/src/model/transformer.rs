@@ -1,69 +1,20 @@
 //! `Transformer`: embeddings + positions, encoder, decoder and generator
-//! (the output projection), built from one [`ModelConfig`].
+//! (the output projection), built from one [`ModelConfig`] through a
+//! [`Registry`].
 
 use autograd::{Float, Tensor, Var};
 
-use crate::attention::{causal_mask, mask_union, padding_mask};
-use crate::decoder::DecoderMasks;
 use crate::{
-    Ctx, Decoder, Embedding, Encoder, Linear, ModelConfig, Module, PositionalEncoding, Rng, Tying,
-    Visitor,
+    Ctx, Decoder, DecoderMasks, Embedding, Encoder, Linear, ModelConfig, Module, PositionalBlock,
+    Registry, Rng, TokenBatch, Tying, Visitor, causal_mask, mask_union, padding_mask,
 };
-
-/// A batch of token sequences, padded to one length: ids (B, T) row-major.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TokenBatch {
-    pub ids: Vec<usize>,
-    pub batch: usize,
-    pub len: usize,
-}
-
-impl TokenBatch {
-    /// Pads every sequence with `pad` to the longest one.
-    ///
-    /// ```
-    /// let b = transformer::TokenBatch::padded(&[vec![5, 6, 7], vec![8]], 0);
-    /// assert_eq!((b.batch, b.len), (2, 3));
-    /// assert_eq!(b.ids, vec![5, 6, 7, 8, 0, 0]);
-    /// ```
-    pub fn padded(seqs: &[Vec<usize>], pad: usize) -> Self {
-        let len = seqs.iter().map(Vec::len).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(seqs.len() * len);
-        for s in seqs {
-            ids.extend_from_slice(s);
-            ids.extend(std::iter::repeat_n(pad, len - s.len()));
-        }
-        TokenBatch {
-            ids,
-            batch: seqs.len(),
-            len,
-        }
-    }
-
-    /// Wraps ids (B, T); panics if the count does not match.
-    pub fn new(ids: Vec<usize>, batch: usize, len: usize) -> Self {
-        assert!(
-            ids.len() == batch * len,
-            "TokenBatch: {} ids do not fill (B, T) = ({batch}, {len})",
-            ids.len()
-        );
-        TokenBatch { ids, batch, len }
-    }
-
-    pub fn shape(&self) -> [usize; 2] {
-        [self.batch, self.len]
-    }
-
-    /// Row `b` as a slice.
-    pub fn row(&self, b: usize) -> &[usize] {
-        &self.ids[b * self.len..(b + 1) * self.len]
-    }
-}
 
 /// What the encoder hands the decoder: memory (B, S, D) and the source
 /// padding mask (B, 1, 1, S), if any source token is padding.
 pub struct Encoded<'t, T: Float> {
+    /// The encoder's output (B, S, D).
     pub memory: Var<'t, T>,
+    /// 1 where a source key is padding, (B, 1, 1, S).
     pub src_mask: Option<Tensor<T>>,
 }
 
@@ -77,7 +28,7 @@ pub struct Encoded<'t, T: Float> {
 /// let src = TokenBatch::padded(&[vec![3, 4, 5], vec![6, 7]], 0);
 /// let tgt_in = TokenBatch::padded(&[vec![1, 3, 4], vec![1, 6]], 0);
 /// let tape = Tape::new();
-/// let ctx = Ctx::new(&tape, true, 1);
+/// let ctx = Ctx::train(&tape, 1);
 /// let logits = model.forward(&ctx, &src, &tgt_in); // (B, T, V)
 /// assert_eq!(logits.shape(), vec![2, 3, 12]);
 /// let labels = [3, 4, 5, 6, 7, 0];
@@ -85,22 +36,42 @@ pub struct Encoded<'t, T: Float> {
 /// assert!(loss.value().item() > 0.0);
 /// ```
 pub struct Transformer<T: Float = f32> {
+    /// The config it was built from (checkpoints store it, block names
+    /// included).
     pub config: ModelConfig,
+    /// Source embedding (V_src, D).
     pub src_embed: Embedding<T>,
     /// `None` when tied to the source embedding (`Tying::All`).
     pub tgt_embed: Option<Embedding<T>>,
     /// `None` when the output projection is the target embedding.
     pub generator: Option<Linear<T>>,
-    pub src_pos: PositionalEncoding<T>,
-    pub tgt_pos: PositionalEncoding<T>,
+    /// Source positions (the `positional` block).
+    pub src_pos: Box<dyn PositionalBlock<T>>,
+    /// Target positions (the `positional` block).
+    pub tgt_pos: Box<dyn PositionalBlock<T>>,
+    /// The encoder stack.
     pub encoder: Encoder<T>,
+    /// The decoder stack.
     pub decoder: Decoder<T>,
 }
 
 impl<T: Float> Transformer<T> {
-    /// Builds the model with seeded initialisation; the config is validated.
+    /// Builds the model with the built-in blocks ([`Registry::builtin`])
+    /// and seeded initialisation; the config is validated.
     pub fn new(config: &ModelConfig, seed: u64) -> Result<Self, String> {
+        Self::with_registry(config, &Registry::builtin(), seed)
+    }
+
+    /// Builds the model with its blocks from `registry`, by the names in
+    /// the config; an unregistered name is an error naming it. The same
+    /// config, registry and seed give the same weights, bit for bit.
+    pub fn with_registry(
+        config: &ModelConfig,
+        registry: &Registry<T>,
+        seed: u64,
+    ) -> Result<Self, String> {
         config.validate()?;
+        registry.check(config)?;
         let c = config;
         let mut rng: Rng = crate::rng(seed);
         let src_embed = Embedding::new(c.src_vocab, c.d_model, &mut rng);
@@ -113,10 +84,10 @@ impl<T: Float> Transformer<T> {
             src_embed,
             tgt_embed,
             generator,
-            src_pos: PositionalEncoding::new(c.positional, c.max_len, c.d_model, &mut rng),
-            tgt_pos: PositionalEncoding::new(c.positional, c.max_len, c.d_model, &mut rng),
-            encoder: Encoder::new(c, &mut rng),
-            decoder: Decoder::new(c, &mut rng),
+            src_pos: registry.build_positional(c, &mut rng),
+            tgt_pos: registry.build_positional(c, &mut rng),
+            encoder: Encoder::new(c, registry, &mut rng),
+            decoder: Decoder::new(c, registry, &mut rng),
         })
     }
 
@@ -145,6 +116,19 @@ impl<T: Float> Transformer<T> {
         })
     }
 
+    /// Ids (B, T) -> scaled embeddings + positions, with dropout (the
+    /// paper, section 5.4): (B, T, D). Shared by encoder and decoder.
+    fn embed<'t>(
+        &self,
+        ctx: &Ctx<'t, T>,
+        emb: &Embedding<T>,
+        pos: &dyn PositionalBlock<T>,
+        ids: &TokenBatch,
+    ) -> Var<'t, T> {
+        let x = emb.forward(ctx, &ids.ids, &ids.shape()); // (B, T, D)
+        ctx.dropout(pos.forward(ctx, x), self.config.dropout)
+    }
+
     /// Source ids (B, S) -> memory (B, S, D).
     pub fn encode<'t>(&self, ctx: &Ctx<'t, T>, src: &TokenBatch) -> Encoded<'t, T> {
         Self::check_ids(src, self.config.src_vocab, "source");
@@ -152,8 +136,7 @@ impl<T: Float> Transformer<T> {
         let src_mask = tokens
             .as_ref()
             .map(|_| padding_mask(&src.ids, &src.shape(), self.config.pad_id.unwrap_or(0)));
-        let x = self.src_embed.forward(ctx, &src.ids, &src.shape()); // (B, S, D)
-        let x = ctx.dropout(self.src_pos.forward(ctx, x), self.config.dropout);
+        let x = self.embed(ctx, &self.src_embed, &*self.src_pos, src); // (B, S, D)
         let memory = self
             .encoder
             .forward(ctx, x, src_mask.as_ref(), tokens.as_ref());
@@ -187,8 +170,7 @@ impl<T: Float> Transformer<T> {
             tokens: tokens.as_ref(),
         };
         let emb = self.tgt_embedding();
-        let y = emb.forward(ctx, &tgt_in.ids, &tgt_in.shape()); // (B, T, D)
-        let y = ctx.dropout(self.tgt_pos.forward(ctx, y), self.config.dropout);
+        let y = self.embed(ctx, emb, &*self.tgt_pos, tgt_in); // (B, T, D)
         let h = self.decoder.forward(ctx, y, enc.memory, &masks); // (B, T, D)
         match &self.generator {
             Some(g) => g.forward(ctx, h),
@@ -224,8 +206,8 @@ impl<T: Float> Module<T> for Transformer<T> {
         if let Some(g) = &mut self.generator {
             v.module("generator", g);
         }
-        v.module("src_pos", &mut self.src_pos);
-        v.module("tgt_pos", &mut self.tgt_pos);
+        v.module("src_pos", &mut *self.src_pos);
+        v.module("tgt_pos", &mut *self.tgt_pos);
         v.module("encoder", &mut self.encoder);
         v.module("decoder", &mut self.decoder);
     }

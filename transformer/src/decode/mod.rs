@@ -238,13 +238,13 @@ impl Transformer<f32> {
     fn search<R>(&self, src: &TokenBatch, search: impl FnOnce(&mut StepFn<'_>) -> R) -> R {
         let (memory, src_mask) = {
             let tape = Tape::no_grad();
-            let ctx = Ctx::new(&tape, false, 0);
+            let ctx = Ctx::eval(&tape);
             let enc = self.encode(&ctx, src);
             (enc.memory.value(), enc.src_mask)
         };
         let mut step = |rows_src: &[usize], prefixes: &[Vec<usize>]| -> Vec<Vec<f32>> {
             let tape = Tape::no_grad();
-            let ctx = Ctx::new(&tape, false, 0);
+            let ctx = Ctx::eval(&tape);
             let enc = Encoded {
                 memory: tape.constant(gather_rows(&memory, rows_src)),
                 src_mask: src_mask.as_ref().map(|m| gather_rows(m, rows_src)),

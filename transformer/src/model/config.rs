@@ -1,27 +1,22 @@
 //! `ModelConfig`: every architectural and ablation knob of the model in one
 //! serde struct. Ablations differ in config, never in forked code.
+//!
+//! The four pluggable slots (feed-forward, norm, self/cross attention,
+//! positions) are named by strings that a [`Registry`](crate::Registry)
+//! resolves, so a user's block is chosen exactly like a built-in one, and a
+//! checkpoint (which stores this config) records which blocks it needs.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Which normalisation a sublayer uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NormKind {
-    /// LayerNorm over the features of each token (Ba et al. 2016; the paper).
-    Layer,
-    /// BatchNorm over the non-padding tokens of the batch (Shen et al. 2020).
-    Batch,
-    /// No normalisation at all.
-    None,
-}
-
-/// Where the norm kind of `ModelConfig::norm` applies.
+/// Where the norm named by `ModelConfig::norm` applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NormScope {
     /// Encoder and decoder.
     Both,
-    /// Encoder only; the decoder keeps LayerNorm. This is what Shen et al.
+    /// Encoder only; the decoder keeps LayerNorm (`"layer"`). This is what Shen et al.
     /// (2020) did with BatchNorm: in a causal decoder, batch statistics mix
     /// future positions into past ones during training (see `BatchNorm`).
     EncoderOnly,
@@ -36,26 +31,6 @@ pub enum Placement {
     Post,
     /// `x = x + Dropout(Sublayer(Norm(x)))`, with a final norm after the stack.
     Pre,
-}
-
-/// Positional information added to the embeddings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PositionalKind {
-    /// The paper's fixed sin/cos table.
-    Sinusoidal,
-    /// A trained (max_len, d_model) table.
-    Learned,
-    /// None: the model sees a bag of tokens (an ablation).
-    None,
-}
-
-/// The feed-forward activation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Activation {
-    Relu,
-    Gelu,
 }
 
 /// Which embedding matrices are one shared matrix.
@@ -77,6 +52,7 @@ pub enum Tying {
 /// use transformer::ModelConfig;
 /// let c = ModelConfig::base(37000, 37000);
 /// assert_eq!((c.d_model, c.heads, c.d_ff, c.encoder_layers), (512, 8, 2048, 6));
+/// assert_eq!((c.norm.as_str(), c.feed_forward.as_str()), ("layer", "relu"));
 /// assert!(c.validate().is_ok());
 /// let bad = ModelConfig { heads: 7, ..c };
 /// assert!(bad.validate().unwrap_err().contains("divisible"));
@@ -84,10 +60,15 @@ pub enum Tying {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    /// Model width D.
     pub d_model: usize,
+    /// Attention heads H (D must be divisible by H).
     pub heads: usize,
+    /// Inner width of the feed-forward network.
     pub d_ff: usize,
+    /// Encoder layers N (6 in the paper).
     pub encoder_layers: usize,
+    /// Decoder layers N (6 in the paper).
     pub decoder_layers: usize,
     /// Dropout on every sublayer output and on embeddings + positions (0.1).
     pub dropout: f64,
@@ -96,16 +77,37 @@ pub struct ModelConfig {
     /// Dropout after the feed-forward activation (0: the paper has none;
     /// tensor2tensor's `relu_dropout` is this knob).
     pub ffn_dropout: f64,
+    /// Source vocabulary size.
     pub src_vocab: usize,
+    /// Target vocabulary size.
     pub tgt_vocab: usize,
+    /// Which embedding matrices are shared.
     pub tying: Tying,
-    pub positional: PositionalKind,
-    pub norm: NormKind,
+    /// Positional block, by registry name: `"sinusoidal"` (the paper),
+    /// `"learned"`, `"none"`, or a user's.
+    pub positional: String,
+    /// Norm block of every Add & Norm, by registry name: `"layer"` (the
+    /// paper), `"batch"`, `"none"`, or a user's.
+    pub norm: String,
+    /// Where `norm` applies (both stacks, or the encoder only).
     pub norm_scope: NormScope,
+    /// Post-norm (the paper) or pre-norm.
     pub placement: Placement,
     /// Residual connections around every sublayer.
     pub residual: bool,
-    pub activation: Activation,
+    /// Feed-forward block, by registry name: `"relu"` (the paper),
+    /// `"gelu"`, or a user's.
+    pub feed_forward: String,
+    /// Self-attention block of both stacks, by registry name: `"mha"` (the
+    /// paper) or a user's.
+    pub self_attention: String,
+    /// Decoder cross-attention block, by registry name: `"mha"` or a user's.
+    pub cross_attention: String,
+    /// Hyper-parameters of user blocks, read by their builders (for
+    /// instance `"swiglu.hidden" = 96.0`); the built-ins read none. An
+    /// ablation can vary them like any other field.
+    #[serde(default)]
+    pub extra: BTreeMap<String, f64>,
     /// Longest sequence the positional table covers.
     pub max_len: usize,
     /// Epsilon inside the norms' square root.
@@ -138,12 +140,15 @@ impl ModelConfig {
             } else {
                 Tying::Output
             },
-            positional: PositionalKind::Sinusoidal,
-            norm: NormKind::Layer,
+            positional: "sinusoidal".into(),
+            norm: "layer".into(),
             norm_scope: NormScope::Both,
             placement: Placement::Post,
             residual: true,
-            activation: Activation::Relu,
+            feed_forward: "relu".into(),
+            self_attention: "mha".into(),
+            cross_attention: "mha".into(),
+            extra: BTreeMap::new(),
             max_len: 512,
             norm_eps: 1e-5,
             bn_momentum: 0.1,
@@ -179,12 +184,45 @@ impl ModelConfig {
         }
     }
 
-    /// The norm kind used by the decoder's sublayers.
-    pub fn decoder_norm(&self) -> NormKind {
-        match (self.norm, self.norm_scope) {
-            (NormKind::Batch, NormScope::EncoderOnly) => NormKind::Layer,
-            (n, _) => n,
+    /// The smallest useful model, for gradient checks of whole models
+    /// (every parameter is an input of the finite differences): d_model 4,
+    /// 2 heads, d_ff 8, 1 + 1 layers, max_len 8, no dropout.
+    pub fn for_gradcheck(src_vocab: usize, tgt_vocab: usize) -> Self {
+        ModelConfig {
+            d_model: 4,
+            heads: 2,
+            d_ff: 8,
+            dropout: 0.0,
+            max_len: 8,
+            ..Self::tiny(src_vocab, tgt_vocab)
         }
+    }
+
+    /// The norm block (registry name) of the encoder's sublayers.
+    pub fn encoder_norm(&self) -> &str {
+        &self.norm
+    }
+
+    /// The norm block (registry name) of the decoder's sublayers:
+    /// `"layer"` under [`NormScope::EncoderOnly`].
+    pub fn decoder_norm(&self) -> &str {
+        match self.norm_scope {
+            NormScope::Both => &self.norm,
+            NormScope::EncoderOnly => "layer",
+        }
+    }
+
+    /// A user block's hyper-parameter from [`ModelConfig::extra`], or
+    /// `default` when the config does not set it.
+    ///
+    /// ```
+    /// let mut c = transformer::ModelConfig::tiny(8, 8);
+    /// assert_eq!(c.extra_or("swiglu.hidden", 64.0), 64.0);
+    /// c.extra.insert("swiglu.hidden".into(), 48.0);
+    /// assert_eq!(c.extra_or("swiglu.hidden", 64.0), 48.0);
+    /// ```
+    pub fn extra_or(&self, name: &str, default: f64) -> f64 {
+        self.extra.get(name).copied().unwrap_or(default)
     }
 
     /// Checks the config; the message says what to change.
@@ -208,7 +246,7 @@ impl ModelConfig {
                 self.d_model, self.heads
             ));
         }
-        if self.positional == PositionalKind::Sinusoidal && !self.d_model.is_multiple_of(2) {
+        if self.positional == "sinusoidal" && !self.d_model.is_multiple_of(2) {
             return Err(format!(
                 "config: sinusoidal positions need an even d_model, got {}",
                 self.d_model

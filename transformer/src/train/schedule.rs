@@ -31,24 +31,38 @@ pub enum Schedule {
     /// Linear increase for `warmup` steps, then decay as `1/sqrt(step)`;
     /// the peak, at `step == warmup`, is `factor / sqrt(d_model * warmup)`.
     Noam {
+        /// The model width the rate scales with.
         d_model: usize,
         /// Warmup steps; the paper uses 4000.
         warmup: u64,
+        /// Scale of the whole curve (1 in the paper).
         factor: f64,
     },
     /// The same rate at every step.
-    Constant { lr: f64 },
+    Constant {
+        /// The rate.
+        lr: f64,
+    },
     /// Linear warmup from 0 to `peak_lr` over `warmup` steps, then
     /// `peak_lr * sqrt(warmup / step)`: the paper's shape, parameterised by
     /// its peak instead of by `d_model`.
-    WarmupInvSqrt { peak_lr: f64, warmup: u64 },
+    WarmupInvSqrt {
+        /// The rate at the end of warmup.
+        peak_lr: f64,
+        /// Warmup steps.
+        warmup: u64,
+    },
     /// Linear warmup from 0 to `peak_lr` over `warmup` steps (none if 0),
     /// then half a cosine from `peak_lr` down to `final_lr` at `total_steps`
     /// (Loshchilov & Hutter 2017, without restarts); `final_lr` after that.
     Cosine {
+        /// The rate at the end of warmup.
         peak_lr: f64,
+        /// Warmup steps.
         warmup: u64,
+        /// The step at which the cosine reaches `final_lr`.
         total_steps: u64,
+        /// The rate from `total_steps` on.
         final_lr: f64,
     },
 }

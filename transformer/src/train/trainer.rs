@@ -10,12 +10,14 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::optim::{Adam, AdamConfig, clip_grad_norm};
 use crate::schedule::Schedule;
-use crate::{Ctx, ModelConfig, Rng, TokenBatch, Transformer};
+use crate::{Ctx, EvalStats, Mode, ModelConfig, Registry, Rng, TokenBatch, Transformer};
 
 /// The training hyper-parameters besides the model's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
+    /// Adam's hyper-parameters.
     pub optimizer: AdamConfig,
+    /// The learning rate per step.
     pub schedule: Schedule,
     /// Label smoothing of the loss (the paper: 0.1).
     pub smoothing: f64,
@@ -39,13 +41,19 @@ impl TrainConfig {
 /// What one step reports.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepStats {
+    /// The label-smoothed training loss of the batch (not an NLL: see
+    /// [`EvalStats`]).
     pub loss: f32,
+    /// The learning rate this step used.
     pub lr: f64,
     /// Global gradient norm before clipping (only computed when clipping).
     pub grad_norm: Option<f32>,
 }
 
 /// Model + optimiser + schedule + step + RNG.
+///
+/// Works with any blocks: build it [`Trainer::with_registry`] and resume it
+/// [`Trainer::resume_with`] the same registry.
 ///
 /// ```
 /// use transformer::schedule::Schedule;
@@ -60,8 +68,11 @@ pub struct StepStats {
 /// assert!(t.step(&src, &tgt_in, &labels).loss < first);
 /// ```
 pub struct Trainer {
+    /// The model being trained.
     pub model: Transformer<f32>,
+    /// Adam and its moments.
     pub opt: Adam,
+    /// The training hyper-parameters.
     pub config: TrainConfig,
     /// Optimiser steps taken so far (the schedule's step is `step + 1`).
     pub step: u64,
@@ -70,14 +81,29 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A fresh model (initialised from `seed`) and optimiser; dropout draws
-    /// from a generator seeded from `seed` as well.
-    pub fn new(model: ModelConfig, config: TrainConfig, seed: u64) -> Result<Self, String> {
-        config.schedule.validate()?;
+    /// A fresh model of the built-in blocks (initialised from `seed`) and
+    /// optimiser; dropout draws from a generator seeded from `seed` as well.
+    pub fn new(
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        seed: u64,
+    ) -> Result<Self, String> {
+        Self::with_registry(model_config, train_config, seed, &Registry::builtin())
+    }
+
+    /// [`Trainer::new`] with the model's blocks built by `registry` (a
+    /// user's blocks included).
+    pub fn with_registry(
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        seed: u64,
+        registry: &Registry<f32>,
+    ) -> Result<Self, String> {
+        train_config.schedule.validate()?;
         Ok(Trainer {
-            model: Transformer::new(&model, seed)?,
-            opt: Adam::try_new(config.optimizer)?,
-            config,
+            model: Transformer::with_registry(&model_config, registry, seed)?,
+            opt: Adam::try_new(train_config.optimizer)?,
+            config: train_config,
             step: 0,
             rng: crate::rng(seed ^ 0x9e37_79b9_7f4a_7c15),
         })
@@ -88,7 +114,7 @@ impl Trainer {
     pub fn step(&mut self, src: &TokenBatch, tgt_in: &TokenBatch, labels: &[usize]) -> StepStats {
         let tape = Tape::new();
         let rng = std::mem::replace(&mut self.rng, crate::rng(0));
-        let ctx = Ctx::with_rng(&tape, true, rng);
+        let ctx = Ctx::with_rng(&tape, Mode::Train, rng);
         let logits = self.model.forward(&ctx, src, tgt_in); // (B, T, V)
         let loss = self.model.loss(logits, labels, self.config.smoothing);
         let loss_value = loss.value().item();
@@ -106,15 +132,37 @@ impl Trainer {
         }
     }
 
-    /// Mean loss on a batch in eval mode (no dropout, nothing recorded).
-    pub fn eval_loss(&self, src: &TokenBatch, tgt_in: &TokenBatch, labels: &[usize]) -> f32 {
+    /// Evaluates a batch in eval mode (no dropout, nothing recorded): the
+    /// unsmoothed NLL, perplexity and token accuracy a researcher reads,
+    /// and the smoothed loss training minimises. Merge the stats of several
+    /// batches with [`EvalStats::merge`].
+    ///
+    /// ```
+    /// use transformer::schedule::Schedule;
+    /// use transformer::{ModelConfig, TokenBatch, Trainer, TrainConfig};
+    /// let train = TrainConfig { schedule: Schedule::Constant { lr: 1e-3 }, ..TrainConfig::paper(32) };
+    /// let mut t = Trainer::new(ModelConfig::tiny(8, 8), train, 0).unwrap();
+    /// let src = TokenBatch::padded(&[vec![3, 4, 5]], 0);
+    /// let tgt_in = TokenBatch::padded(&[vec![1, 3, 4, 5]], 0);
+    /// let labels = [3, 4, 5, 2];
+    /// let before = t.evaluate(&src, &tgt_in, &labels);
+    /// for _ in 0..30 { t.step(&src, &tgt_in, &labels); }
+    /// let after = t.evaluate(&src, &tgt_in, &labels);
+    /// assert_eq!(after.tokens, 4);
+    /// assert!(after.perplexity() < before.perplexity());
+    /// assert_eq!(after.accuracy(), 1.0); // memorised
+    /// // Smoothing keeps the training objective above the NLL it tracks.
+    /// assert!(after.smoothed_loss() > after.nll());
+    /// ```
+    pub fn evaluate(&self, src: &TokenBatch, tgt_in: &TokenBatch, labels: &[usize]) -> EvalStats {
         autograd::no_grad(|tape| {
-            let ctx = Ctx::new(tape, false, 0);
-            let logits = self.model.forward(&ctx, src, tgt_in);
-            self.model
-                .loss(logits, labels, self.config.smoothing)
-                .value()
-                .item()
+            let ctx = Ctx::eval(tape);
+            let logits = self.model.forward(&ctx, src, tgt_in); // (B, T, V)
+            let mut stats =
+                EvalStats::from_logits(&logits.value(), labels, self.model.config.pad_id);
+            let smoothed = self.model.loss(logits, labels, self.config.smoothing);
+            stats.smoothed_loss_sum = f64::from(smoothed.value().item()) * stats.tokens as f64;
+            stats
         })
     }
 
@@ -132,12 +180,24 @@ impl Trainer {
         .save(path)
     }
 
-    /// Rebuilds a trainer from a checkpoint written by [`Trainer::save`]:
-    /// continuing from it gives bit for bit the run that was saved.
+    /// Rebuilds a trainer of built-in blocks from a checkpoint written by
+    /// [`Trainer::save`]: continuing from it gives bit for bit the run
+    /// that was saved.
     pub fn resume(path: impl AsRef<std::path::Path>) -> Result<Self, CheckpointError> {
+        Self::resume_with(path, &Registry::builtin())
+    }
+
+    /// [`Trainer::resume`] for a model with blocks from `registry`: the
+    /// checkpoint's config names its blocks, and a name the registry does
+    /// not have is an error naming it.
+    pub fn resume_with(
+        path: impl AsRef<std::path::Path>,
+        registry: &Registry<f32>,
+    ) -> Result<Self, CheckpointError> {
         let ck: Checkpoint<(ModelConfig, TrainConfig)> = Checkpoint::load(path)?;
         let (model_cfg, train_cfg) = ck.config.clone();
-        let mut t = Trainer::new(model_cfg, train_cfg, 0).map_err(CheckpointError::Mismatch)?;
+        let mut t = Trainer::with_registry(model_cfg, train_cfg, 0, registry)
+            .map_err(CheckpointError::Mismatch)?;
         ck.restore(&mut t.model)?;
         t.opt = ck
             .optimizer

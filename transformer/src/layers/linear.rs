@@ -21,7 +21,7 @@ pub fn xavier_uniform<T: Float>(fan_in: usize, fan_out: usize, rng: &mut Rng) ->
 /// use transformer::{rng, Ctx, Linear};
 /// let lin = Linear::<f32>::new(4, 3, true, &mut rng(0));
 /// let tape = Tape::new();
-/// let ctx = Ctx::new(&tape, false, 0);
+/// let ctx = Ctx::eval(&tape);
 /// let y = lin.forward(&ctx, tape.constant(Tensor::ones(&[2, 5, 4]))); // (B, T, D_in)
 /// assert_eq!(y.shape(), vec![2, 5, 3]); // (B, T, D_out)
 /// ```
@@ -33,6 +33,7 @@ pub struct Linear<T: Float = f32> {
 }
 
 impl<T: Float> Linear<T> {
+    /// Xavier-uniform weight (D_in, D_out); a zero bias when `bias`.
     pub fn new(d_in: usize, d_out: usize, bias: bool, rng: &mut Rng) -> Self {
         Linear {
             weight: Param::new(xavier_uniform(d_in, d_out, rng)),

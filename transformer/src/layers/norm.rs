@@ -1,11 +1,12 @@
 //! Normalisation layers: `LayerNorm`, `BatchNorm` for padded sequences, and
-//! `Norm`, the choice between them (or none) that a sublayer is built with.
+//! `NoNorm` (the identity, for the no-norm ablation). Each implements
+//! [`NormBlock`], the slot of an Add & Norm sublayer.
 
 use std::cell::RefCell;
 
 use autograd::{Float, Param, Tensor, Var};
 
-use crate::{Ctx, Module, NormKind, Visitor};
+use crate::{Ctx, Module, NormBlock, Visitor};
 
 /// Layer normalisation over the last axis (Ba et al. 2016):
 /// `(x - mean) / sqrt(var + eps) * gain + bias`, biased variance, gain 1 and
@@ -16,7 +17,7 @@ use crate::{Ctx, Module, NormKind, Visitor};
 /// use transformer::{Ctx, LayerNorm};
 /// let ln = LayerNorm::<f64>::new(2, 0.0);
 /// let tape = Tape::new();
-/// let ctx = Ctx::new(&tape, false, 0);
+/// let ctx = Ctx::eval(&tape);
 /// let y = ln.forward(&ctx, tape.constant(Tensor::from_vec(vec![1.0, 3.0], &[1, 2])));
 /// assert_eq!(y.value().data(), &[-1.0, 1.0]);
 /// ```
@@ -25,10 +26,12 @@ pub struct LayerNorm<T: Float = f32> {
     pub gain: Param<T>,
     /// (D)
     pub bias: Param<T>,
+    /// Added to the variance inside the square root.
     pub eps: f64,
 }
 
 impl<T: Float> LayerNorm<T> {
+    /// Width `d`, gain 1, bias 0.
     pub fn new(d: usize, eps: f64) -> Self {
         LayerNorm {
             gain: Param::new(Tensor::ones(&[d])),
@@ -72,7 +75,7 @@ impl<T: Float> Module<T> for LayerNorm<T> {
 /// use transformer::{BatchNorm, Ctx};
 /// let bn = BatchNorm::<f64>::new(1, 0.0, 0.5);
 /// let tape = Tape::new();
-/// let ctx = Ctx::new(&tape, true, 0);
+/// let ctx = Ctx::train(&tape, 0);
 /// let x = tape.constant(Tensor::from_vec(vec![1.0, 3.0, 100.0], &[1, 3, 1])); // (B, T, D)
 /// let tokens = Tensor::from_vec(vec![1.0, 1.0, 0.0], &[1, 3]); // the third is padding
 /// let y = bn.forward(&ctx, x, Some(&tokens));
@@ -84,13 +87,16 @@ pub struct BatchNorm<T: Float = f32> {
     pub gain: Param<T>,
     /// (D)
     pub bias: Param<T>,
+    /// Added to the variance inside the square root.
     pub eps: f64,
+    /// Running-statistics momentum (PyTorch convention).
     pub momentum: f64,
     running_mean: RefCell<Tensor<T>>,
     running_var: RefCell<Tensor<T>>,
 }
 
 impl<T: Float> BatchNorm<T> {
+    /// Width `d`, gain 1, bias 0, running mean 0 and variance 1.
     pub fn new(d: usize, eps: f64, momentum: f64) -> Self {
         BatchNorm {
             gain: Param::new(Tensor::ones(&[d])),
@@ -185,43 +191,33 @@ impl<T: Float> Module<T> for BatchNorm<T> {
     }
 }
 
-/// The norm a sublayer was built with.
-pub enum Norm<T: Float = f32> {
-    Layer(LayerNorm<T>),
-    Batch(BatchNorm<T>),
-    None,
+impl<T: Float> NormBlock<T> for LayerNorm<T> {
+    fn forward<'t>(&self, ctx: &Ctx<'t, T>, x: Var<'t, T>, _: Option<&Tensor<T>>) -> Var<'t, T> {
+        LayerNorm::forward(self, ctx, x)
+    }
 }
 
-impl<T: Float> Norm<T> {
-    pub fn new(kind: NormKind, d: usize, eps: f64, momentum: f64) -> Self {
-        match kind {
-            NormKind::Layer => Norm::Layer(LayerNorm::new(d, eps)),
-            NormKind::Batch => Norm::Batch(BatchNorm::new(d, eps, momentum)),
-            NormKind::None => Norm::None,
-        }
-    }
-
-    /// (B, T, D) -> (B, T, D); `tokens` (B, T) marks real tokens for BatchNorm.
-    pub fn forward<'t>(
+impl<T: Float> NormBlock<T> for BatchNorm<T> {
+    fn forward<'t>(
         &self,
         ctx: &Ctx<'t, T>,
         x: Var<'t, T>,
         tokens: Option<&Tensor<T>>,
     ) -> Var<'t, T> {
-        match self {
-            Norm::Layer(n) => n.forward(ctx, x),
-            Norm::Batch(n) => n.forward(ctx, x, tokens),
-            Norm::None => x,
-        }
+        BatchNorm::forward(self, ctx, x, tokens)
     }
 }
 
-impl<T: Float> Module<T> for Norm<T> {
-    fn visit(&mut self, v: &mut Visitor<'_, T>) {
-        match self {
-            Norm::Layer(n) => n.visit(v),
-            Norm::Batch(n) => n.visit(v),
-            Norm::None => {}
-        }
+/// No normalisation: the identity, for the no-norm ablation. A pre-norm
+/// stack with `NoNorm` gets no final norm either.
+pub struct NoNorm;
+
+impl<T: Float> Module<T> for NoNorm {
+    fn visit(&mut self, _: &mut Visitor<'_, T>) {}
+}
+
+impl<T: Float> NormBlock<T> for NoNorm {
+    fn forward<'t>(&self, _: &Ctx<'t, T>, x: Var<'t, T>, _: Option<&Tensor<T>>) -> Var<'t, T> {
+        x
     }
 }

@@ -2,7 +2,19 @@
 
 use autograd::{Float, Param, Tensor, Var};
 
-use crate::{Ctx, Module, PositionalKind, Rng, Visitor};
+use crate::{Ctx, Module, PositionalBlock, Rng, Visitor};
+
+/// Which table [`PositionalEncoding::new`] builds: the registry's
+/// `sinusoidal`, `learned` and `none` positional blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PositionalKind {
+    /// The paper's fixed sin/cos table.
+    Sinusoidal,
+    /// A trained (max_len, D) table.
+    Learned,
+    /// None: the model sees a bag of tokens (an ablation).
+    None,
+}
 
 /// The sinusoidal table of the paper (section 3.5), shape (max_len, D):
 /// `PE[pos, 2i] = sin(pos / 10000^(2i/D))`, `PE[pos, 2i+1] = cos(pos / 10000^(2i/D))`.
@@ -35,10 +47,13 @@ pub enum PositionalEncoding<T: Float = f32> {
     /// Trained table (max_len, D), initialised N(0, 1) like the scaled
     /// embeddings it is added to.
     Learned(Param<T>),
+    /// No positions.
     None,
 }
 
 impl<T: Float> PositionalEncoding<T> {
+    /// The table of `kind` for sequences up to `max_len`, width `d`
+    /// (a learned table draws from `rng`).
     pub fn new(kind: PositionalKind, max_len: usize, d: usize, rng: &mut Rng) -> Self {
         match kind {
             PositionalKind::Sinusoidal => Self::Sinusoidal(sinusoidal_table(max_len, d)),
@@ -80,5 +95,11 @@ impl<T: Float> Module<T> for PositionalEncoding<T> {
         if let Self::Learned(p) = self {
             v.param("table", p);
         }
+    }
+}
+
+impl<T: Float> PositionalBlock<T> for PositionalEncoding<T> {
+    fn forward<'t>(&self, ctx: &Ctx<'t, T>, x: Var<'t, T>) -> Var<'t, T> {
+        PositionalEncoding::forward(self, ctx, x)
     }
 }
