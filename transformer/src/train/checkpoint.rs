@@ -255,7 +255,7 @@ impl CheckpointError {
         }
     }
 
-    fn in_file(self, path: &Path) -> Self {
+    pub(crate) fn in_file(self, path: &Path) -> Self {
         match self {
             e @ (CheckpointError::Io { .. } | CheckpointError::InFile { .. }) => e,
             e => CheckpointError::InFile {

@@ -194,15 +194,15 @@ impl Trainer {
         path: impl AsRef<std::path::Path>,
         registry: &Registry<f32>,
     ) -> Result<Self, CheckpointError> {
+        let path = path.as_ref();
         let ck: Checkpoint<(ModelConfig, TrainConfig)> = Checkpoint::load(path)?;
         let (model_cfg, train_cfg) = ck.config.clone();
         let mut t = Trainer::with_registry(model_cfg, train_cfg, 0, registry)
-            .map_err(CheckpointError::Mismatch)?;
-        ck.restore(&mut t.model)?;
-        t.opt = ck
-            .optimizer
-            .clone()
-            .ok_or_else(|| CheckpointError::Mismatch("checkpoint has no optimiser state".into()))?;
+            .map_err(|e| CheckpointError::Mismatch(e).in_file(path))?;
+        ck.restore(&mut t.model).map_err(|e| e.in_file(path))?;
+        t.opt = ck.optimizer.clone().ok_or_else(|| {
+            CheckpointError::Mismatch("checkpoint has no optimiser state".into()).in_file(path)
+        })?;
         t.step = ck.step;
         t.rng = ck.rng.clone();
         Ok(t)
