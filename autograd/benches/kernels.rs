@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the hot kernels, forward and backward, at W1's shapes
-//! (BENCHMARKS.md: batch 32, length 32, d_model 256, 4 heads, d_ff 1024,
+//! (WORKLOADS.md: batch 32, length 32, d_model 256, 4 heads, d_ff 1024,
 //! vocab 1000), so a kernel change can be judged alone:
 //! `cargo bench -p autograd --bench kernels`.
 

@@ -1,4 +1,4 @@
-"""PyTorch eager reference for the bench workloads W1-W3 of ../shared/BENCHMARKS.md.
+"""PyTorch eager reference for the bench workloads W1-W3 of experiments/bench/WORKLOADS.md.
 
 Runs the same model definition as the project's `bench` binary, on the same
 machine, so that speed ratios are measured in one run rather than across

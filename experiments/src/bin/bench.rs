@@ -1,4 +1,4 @@
-//! The `bench` binary: the workloads of `../shared/BENCHMARKS.md` (W1 a
+//! The `bench` binary: the workloads of `experiments/bench/WORKLOADS.md` (W1 a
 //! small encoder-decoder training step, W2 one base-size encoder layer, W3
 //! long attention at T = 512, W4 sgemm), run with the project's real model
 //! code, so the figures compare with PyTorch, JAX, candle and burn.
@@ -10,6 +10,8 @@
 //!
 //! Peak memory is the whole process's: run one (workload, threads) per
 //! process under `/usr/bin/time -v` and read "Maximum resident set size".
+
+#![deny(missing_docs)]
 
 use std::io::Write;
 use std::time::Instant;
@@ -37,7 +39,7 @@ enum Workload {
 }
 
 #[derive(Parser, Debug)]
-#[command(about = "Runs the BENCHMARKS.md workloads with the project's model code.")]
+#[command(about = "Runs the WORKLOADS.md workloads with the project's model code.")]
 struct Args {
     /// Which workload to run.
     #[arg(long, value_enum, default_value = "all")]
@@ -105,7 +107,7 @@ fn time_steps(warmup: usize, steps: usize, mut step: impl FnMut()) -> (Option<f6
     (first, times)
 }
 
-/// The common model definition of BENCHMARKS.md: post-LN, eps 1e-5,
+/// The common model definition of WORKLOADS.md: post-LN, eps 1e-5,
 /// dropout 0.1 on embeddings and sublayer outputs only, shared embedding
 /// and tied output projection, sinusoidal positions, no padding.
 fn bench_config(
@@ -137,7 +139,7 @@ fn bench_config(
     }
 }
 
-/// Nominal model GFLOP per step (BENCHMARKS.md, "Model GFLOP/s"): 3 x the
+/// Nominal model GFLOP per step (WORKLOADS.md, "Model GFLOP/s"): 3 x the
 /// forward matmul FLOPs.
 fn encoder_layer_flops(tokens: f64, s: f64, d: f64, f: f64) -> f64 {
     tokens * (8.0 * d * d + 4.0 * s * d + 4.0 * d * f)
