@@ -27,9 +27,9 @@ impl<T: Float> SwiGlu<T> {
     /// Width `d`, hidden width `hidden`; no biases (as in PaLM).
     pub fn new(d: usize, hidden: usize, rng: &mut Rng) -> Self {
         SwiGlu {
-            w1: Linear::new(d, hidden, false, rng),
-            w3: Linear::new(d, hidden, false, rng),
-            w2: Linear::new(hidden, d, false, rng),
+            w1: Linear::without_bias(d, hidden, rng),
+            w3: Linear::without_bias(d, hidden, rng),
+            w2: Linear::without_bias(hidden, d, rng),
         }
     }
 

@@ -16,7 +16,7 @@ use crate::{Ctx, Mode, ModelConfig, Module, Registry, TokenBatch, Transformer, n
 /// use autograd::Tensor;
 /// use autograd::check::GradcheckConfig;
 /// use transformer::{gradcheck_module, rng, Linear, Mode};
-/// let mut lin = Linear::<f64>::new(3, 2, true, &mut rng(0));
+/// let mut lin = Linear::<f64>::new(3, 2, &mut rng(0));
 /// let x = Tensor::randn(&[4, 3], 0.0, 1.0, 1);
 /// let report = gradcheck_module(&mut lin, &[x], Mode::Eval, &GradcheckConfig::default(),
 ///     |m, ctx, v| m.forward(ctx, v[0]).tanh());

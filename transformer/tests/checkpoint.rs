@@ -53,8 +53,8 @@ impl Tiny {
     fn new(c: &Config, seed: u64) -> Self {
         let mut r = rng(seed);
         Tiny {
-            l1: Linear::new(c.d_in, c.hidden, true, &mut r),
-            l2: Linear::new(c.hidden, c.d_out, true, &mut r),
+            l1: Linear::new(c.d_in, c.hidden, &mut r),
+            l2: Linear::new(c.hidden, c.d_out, &mut r),
             running_mean: Tensor::zeros(&[c.hidden]),
         }
     }
@@ -574,7 +574,7 @@ fn restoring_into_a_different_model_reports_the_first_mismatch_and_writes_nothin
             v.buffer("weight", &mut self.0);
         }
     }
-    let mut lin = Linear::<f32>::new(2, 2, false, &mut rng(0));
+    let mut lin = Linear::<f32>::without_bias(2, 2, &mut rng(0));
     let c = Checkpoint::new(&mut lin, None, &(), 0, &rng(0));
     let msg = c
         .restore(&mut AsBuffer(Tensor::zeros(&[2, 2])))
@@ -583,7 +583,7 @@ fn restoring_into_a_different_model_reports_the_first_mismatch_and_writes_nothin
     assert!(msg.contains("parameter") && msg.contains("buffer"), "{msg}");
 
     // Missing from the checkpoint / missing from the model.
-    let mut with_bias = Linear::<f32>::new(2, 2, true, &mut rng(0));
+    let mut with_bias = Linear::<f32>::new(2, 2, &mut rng(0));
     let msg = c.restore(&mut with_bias).unwrap_err().to_string();
     assert!(
         msg.contains("`bias`") && msg.contains("not in the checkpoint"),

@@ -249,7 +249,11 @@ proptest! {
     fn grad_linear_with_and_without_bias((d_out, x, seed) in linear_case()) {
         let d_in = x.dim(-1);
         for bias in [true, false] {
-            let mut lin = Linear::<f64>::new(d_in, d_out, bias, &mut rng(seed));
+            let mut lin = if bias {
+                Linear::<f64>::new(d_in, d_out, &mut rng(seed))
+            } else {
+                Linear::<f64>::without_bias(d_in, d_out, &mut rng(seed))
+            };
             randomize(&mut lin, seed);
             prop_assert_eq!(lin.bias.is_some(), bias);
             prop_assert_eq!(param_count(&mut lin), d_in * d_out + if bias { d_out } else { 0 });
@@ -264,7 +268,7 @@ proptest! {
     #[test]
     fn grad_linear_then_dropout_train((d_out, x, seed) in linear_case(), p in 0.1f64..0.6) {
         let d_in = x.dim(-1);
-        let mut lin = Linear::<f64>::new(d_in, d_out, true, &mut rng(seed));
+        let mut lin = Linear::<f64>::new(d_in, d_out, &mut rng(seed));
         randomize(&mut lin, seed);
         check(&mut lin, &[x], true, &["dropout"], |m, ctx, v| {
             ctx.dropout(m.forward(ctx, v[0]), p)
@@ -559,7 +563,7 @@ proptest! {
                     for (train, p) in [(false, 0.0), (true, 0.2)] {
                         let mut block = Block {
                             sub: AddNorm::new(kind.build(d), Wiring { placement, residual, dropout: p }),
-                            inner: Linear::new(d, d, true, &mut rng(seed)),
+                            inner: Linear::new(d, d, &mut rng(seed)),
                         };
                         randomize(&mut block, seed);
                         let z = match placement {

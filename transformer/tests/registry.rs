@@ -29,7 +29,7 @@ fn with_tanh() -> Registry<f32> {
     let mut r = Registry::builtin();
     r.feed_forward("tanh", |c, rng: &mut Rng| {
         Box::new(TanhFfn {
-            w: Linear::new(c.d_model, c.d_model, true, rng),
+            w: Linear::new(c.d_model, c.d_model, rng),
         })
     });
     r

@@ -77,10 +77,10 @@ impl<T: Float> MultiHeadAttention<T> {
             "MultiHeadAttention: d_model {d_model} is not divisible by {heads} heads"
         );
         MultiHeadAttention {
-            w_q: Linear::new(d_model, d_model, true, rng),
-            w_k: Linear::new(d_model, d_model, true, rng),
-            w_v: Linear::new(d_model, d_model, true, rng),
-            w_o: Linear::new(d_model, d_model, true, rng),
+            w_q: Linear::new(d_model, d_model, rng),
+            w_k: Linear::new(d_model, d_model, rng),
+            w_v: Linear::new(d_model, d_model, rng),
+            w_o: Linear::new(d_model, d_model, rng),
             heads,
             dropout,
         }

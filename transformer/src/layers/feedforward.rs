@@ -41,8 +41,8 @@ impl<T: Float> FeedForward<T> {
     /// Xavier-initialised `w1` (D, D_ff) then `w2` (D_ff, D), zero biases.
     pub fn new(d: usize, d_ff: usize, activation: Activation, dropout: f64, rng: &mut Rng) -> Self {
         FeedForward {
-            w1: Linear::new(d, d_ff, true, rng),
-            w2: Linear::new(d_ff, d, true, rng),
+            w1: Linear::new(d, d_ff, rng),
+            w2: Linear::new(d_ff, d, rng),
             activation,
             dropout,
         }

@@ -19,7 +19,7 @@ pub fn xavier_uniform<T: Float>(fan_in: usize, fan_out: usize, rng: &mut Rng) ->
 /// ```
 /// use autograd::{Tape, Tensor};
 /// use transformer::{rng, Ctx, Linear};
-/// let lin = Linear::<f32>::new(4, 3, true, &mut rng(0));
+/// let lin = Linear::<f32>::new(4, 3, &mut rng(0));
 /// let tape = Tape::new();
 /// let ctx = Ctx::eval(&tape);
 /// let y = lin.forward(&ctx, tape.constant(Tensor::ones(&[2, 5, 4]))); // (B, T, D_in)
@@ -33,11 +33,19 @@ pub struct Linear<T: Float = f32> {
 }
 
 impl<T: Float> Linear<T> {
-    /// Xavier-uniform weight (D_in, D_out); a zero bias when `bias`.
-    pub fn new(d_in: usize, d_out: usize, bias: bool, rng: &mut Rng) -> Self {
+    /// Xavier-uniform weight (D_in, D_out) and a zero bias (D_out).
+    pub fn new(d_in: usize, d_out: usize, rng: &mut Rng) -> Self {
+        Linear {
+            bias: Some(Param::new(Tensor::zeros(&[d_out]))),
+            ..Self::without_bias(d_in, d_out, rng)
+        }
+    }
+
+    /// Xavier-uniform weight (D_in, D_out), no bias: `y = x W`.
+    pub fn without_bias(d_in: usize, d_out: usize, rng: &mut Rng) -> Self {
         Linear {
             weight: Param::new(xavier_uniform(d_in, d_out, rng)),
-            bias: bias.then(|| Param::new(Tensor::zeros(&[d_out]))),
+            bias: None,
         }
     }
 

@@ -78,7 +78,7 @@ impl<T: Float> Transformer<T> {
         let tgt_embed =
             (c.tying != Tying::All).then(|| Embedding::new(c.tgt_vocab, c.d_model, &mut rng));
         let generator =
-            (c.tying == Tying::None).then(|| Linear::new(c.d_model, c.tgt_vocab, true, &mut rng));
+            (c.tying == Tying::None).then(|| Linear::new(c.d_model, c.tgt_vocab, &mut rng));
         Ok(Transformer {
             config: c.clone(),
             src_embed,

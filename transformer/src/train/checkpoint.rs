@@ -28,14 +28,14 @@
 //! use transformer::optim::Adam;
 //! use transformer::{rng, Linear};
 //!
-//! let mut model = Linear::<f32>::new(3, 2, true, &mut rng(0));
+//! let mut model = Linear::<f32>::new(3, 2, &mut rng(0));
 //! let dir = std::env::temp_dir().join(format!("ckpt-doc-{}", std::process::id()));
 //! std::fs::create_dir_all(&dir).unwrap();
 //! let path = dir.join("model.ckpt");
 //! let config = ("tiny", 3usize); // any serde type
 //! Checkpoint::new(&mut model, Some(&Adam::paper()), &config, 10, &rng(1)).save(&path)?;
 //!
-//! let mut fresh = Linear::<f32>::new(3, 2, true, &mut rng(99));
+//! let mut fresh = Linear::<f32>::new(3, 2, &mut rng(99));
 //! let ckpt = Checkpoint::<(String, usize)>::load(&path)?;
 //! ckpt.restore(&mut fresh)?;
 //! assert_eq!(fresh.weight.value, model.weight.value);
@@ -132,7 +132,7 @@ impl SavedTensor {
 /// ```
 /// use transformer::checkpoint::{Checkpoint, TensorKind};
 /// use transformer::{rng, Linear};
-/// let mut model = Linear::<f32>::new(2, 2, false, &mut rng(0));
+/// let mut model = Linear::<f32>::without_bias(2, 2, &mut rng(0));
 /// let ckpt = Checkpoint::new(&mut model, None, &"cfg", 0, &rng(0));
 /// assert_eq!(ckpt.tensors.len(), 1);
 /// assert_eq!((ckpt.tensors[0].name.as_str(), ckpt.tensors[0].kind), ("weight", TensorKind::Param));
@@ -467,7 +467,7 @@ impl<C> Checkpoint<C> {
     /// ```
     /// use transformer::checkpoint::Checkpoint;
     /// use transformer::{rng, Linear};
-    /// let mut lin = Linear::<f32>::new(2, 3, true, &mut rng(0));
+    /// let mut lin = Linear::<f32>::new(2, 3, &mut rng(0));
     /// let c = Checkpoint::new(&mut lin, None, &(), 5, &rng(0));
     /// let names: Vec<_> = c.tensors.iter().map(|t| t.name.as_str()).collect();
     /// assert_eq!(names, ["weight", "bias"]);
@@ -510,7 +510,7 @@ impl<C> Checkpoint<C> {
     /// ```
     /// use transformer::checkpoint::Checkpoint;
     /// use transformer::{rng, Linear};
-    /// let mut lin = Linear::<f32>::new(2, 3, true, &mut rng(0));
+    /// let mut lin = Linear::<f32>::new(2, 3, &mut rng(0));
     /// let c = Checkpoint::new(&mut lin, None, &(), 0, &rng(0));
     /// assert_eq!(c.tensor("bias").unwrap().data, vec![0.0; 3]);
     /// assert!(c.tensor("nope").is_none());
@@ -529,9 +529,9 @@ impl<C> Checkpoint<C> {
     /// ```
     /// use transformer::checkpoint::{Checkpoint, CheckpointError};
     /// use transformer::{rng, Linear};
-    /// let mut a = Linear::<f32>::new(2, 3, true, &mut rng(0));
+    /// let mut a = Linear::<f32>::new(2, 3, &mut rng(0));
     /// let c = Checkpoint::new(&mut a, None, &(), 0, &rng(0));
-    /// let mut wider = Linear::<f32>::new(2, 4, true, &mut rng(0));
+    /// let mut wider = Linear::<f32>::new(2, 4, &mut rng(0));
     /// let err = c.restore(&mut wider).unwrap_err();
     /// assert!(matches!(err, CheckpointError::Mismatch(_)));
     /// assert!(err.to_string().contains("weight"));
@@ -627,7 +627,7 @@ impl<C: Serialize> Checkpoint<C> {
     /// ```
     /// use transformer::checkpoint::{Checkpoint, FORMAT_VERSION, HEADER_LEN};
     /// use transformer::{rng, Linear};
-    /// let mut lin = Linear::<f32>::new(1, 1, false, &mut rng(0));
+    /// let mut lin = Linear::<f32>::without_bias(1, 1, &mut rng(0));
     /// let bytes = Checkpoint::new(&mut lin, None, &(), 0, &rng(0)).to_bytes().unwrap();
     /// assert_eq!(bytes[8..12], FORMAT_VERSION.to_le_bytes());
     /// let len = u64::from_le_bytes(bytes[12..20].try_into().unwrap());
@@ -654,7 +654,7 @@ impl<C: Serialize> Checkpoint<C> {
     /// use transformer::{rng, Linear};
     /// let dir = std::env::temp_dir().join(format!("ckpt-save-doc-{}", std::process::id()));
     /// std::fs::create_dir_all(&dir).unwrap();
-    /// let mut lin = Linear::<f32>::new(2, 2, true, &mut rng(0));
+    /// let mut lin = Linear::<f32>::new(2, 2, &mut rng(0));
     /// let path = dir.join("a.ckpt");
     /// Checkpoint::new(&mut lin, None, &(), 1, &rng(0)).save(&path).unwrap();
     /// Checkpoint::new(&mut lin, None, &(), 2, &rng(0)).save(&path).unwrap(); // replaces it
@@ -675,7 +675,7 @@ impl<C: DeserializeOwned> Checkpoint<C> {
     /// ```
     /// use transformer::checkpoint::{Checkpoint, CheckpointError};
     /// use transformer::{rng, Linear};
-    /// let mut lin = Linear::<f32>::new(2, 2, true, &mut rng(0));
+    /// let mut lin = Linear::<f32>::new(2, 2, &mut rng(0));
     /// let bytes = Checkpoint::new(&mut lin, None, &(), 0, &rng(0)).to_bytes().unwrap();
     /// let cut = Checkpoint::<()>::from_bytes(&bytes[..bytes.len() - 1]).unwrap_err();
     /// assert!(matches!(cut, CheckpointError::Truncated { .. }));
@@ -800,7 +800,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
 /// std::fs::create_dir_all(&dir).unwrap();
 /// let mut paths = Vec::new();
 /// for (i, v) in [1.0f32, 2.0, 6.0].into_iter().enumerate() {
-///     let mut lin = Linear::<f32>::new(1, 1, false, &mut rng(0));
+///     let mut lin = Linear::<f32>::without_bias(1, 1, &mut rng(0));
 ///     lin.weight.value.data_mut()[0] = v;
 ///     let path = dir.join(format!("{i}.ckpt"));
 ///     Checkpoint::new(&mut lin, None, &(), i as u64, &rng(0)).save(&path).unwrap();
