@@ -64,7 +64,7 @@ impl<T: Float> PositionalEncoding<T> {
         }
     }
 
-    /// (B, T, D) -> (B, T, D) + PE[:T]. Panics if T exceeds the table.
+    /// (B, T, D) -> (B, T, D) + `PE[:T]`. Panics if T exceeds the table.
     pub fn forward<'t>(&self, ctx: &Ctx<'t, T>, x: Var<'t, T>) -> Var<'t, T> {
         let t = x.dim(1);
         let table = match self {

@@ -1,8 +1,8 @@
 //! How blocks become a Transformer.
 //!
-//! - [`blocks`](self#traits): the four pluggable slots as traits
-//!   ([`FeedForwardBlock`], [`NormBlock`], [`AttentionBlock`],
-//!   [`PositionalBlock`]) and the Add & Norm wiring around them ([`AddNorm`]);
+//! - the four pluggable slots as traits ([`FeedForwardBlock`],
+//!   [`NormBlock`], [`AttentionBlock`], [`PositionalBlock`]) and the Add &
+//!   Norm wiring around them ([`AddNorm`], [`Wiring`]);
 //! - [`Registry`]: builds each slot's block by the name the config gives;
 //! - [`Stack`]: the encoder and decoder stacks and their layers;
 //! - [`ModelConfig`] and [`Transformer`].
