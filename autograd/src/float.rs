@@ -58,6 +58,40 @@ pub trait Float:
         self.exp()
     }
     fn ln(self) -> Self;
+    /// `ln(1 + x)`, accurate for small `|x|` (where `1 + x` would round
+    /// away the digits of `x`): `softplus(x) = ln_1p(exp(x))` stays non-zero
+    /// down to `x = -700` in f64.
+    ///
+    /// ```
+    /// use autograd::Float;
+    /// assert_eq!(Float::ln_1p(1e-20f64), 1e-20);
+    /// assert!(Float::ln_1p(Float::exp(-50.0f32)) > 0.0); // ~1.93e-22
+    /// ```
+    fn ln_1p(self) -> Self;
+    /// `exp(x) - 1`, accurate for small `|x|`.
+    ///
+    /// ```
+    /// use autograd::Float;
+    /// assert_eq!(Float::exp_m1(1e-20f64), 1e-20);
+    /// ```
+    fn exp_m1(self) -> Self;
+    /// The error function `erf(x) = 2/sqrt(pi) * int_0^x exp(-t^2) dt` (from
+    /// the `libm` crate: `std`'s is not stable yet). The exact GELU is
+    /// `0.5 x (1 + erf(x / sqrt 2))`.
+    ///
+    /// ```
+    /// use autograd::Float;
+    /// assert!((Float::erf(1.0f64) - 0.842_700_792_949_714_9).abs() < 1e-15);
+    /// ```
+    fn erf(self) -> Self;
+    /// The complementary error function `1 - erf(x)`, accurate where
+    /// `erf(x)` is close to 1 (large `x`).
+    ///
+    /// ```
+    /// use autograd::Float;
+    /// assert!(Float::erfc(10.0f64) > 0.0); // 2.09e-45; 1 - erf(10) is 0
+    /// ```
+    fn erfc(self) -> Self;
     fn sqrt(self) -> Self;
     fn tanh(self) -> Self;
     fn abs(self) -> Self;
@@ -116,7 +150,7 @@ fn exp_f32(x: f32) -> f32 {
 }
 
 macro_rules! impl_float {
-    ($t:ty, $name:literal, $gemm:path, $exp_fast:path) => {
+    ($t:ty, $name:literal, $gemm:path, $exp_fast:path, $erf:path, $erfc:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -142,6 +176,22 @@ macro_rules! impl_float {
             #[inline]
             fn ln(self) -> Self {
                 <$t>::ln(self)
+            }
+            #[inline]
+            fn ln_1p(self) -> Self {
+                <$t>::ln_1p(self)
+            }
+            #[inline]
+            fn exp_m1(self) -> Self {
+                <$t>::exp_m1(self)
+            }
+            #[inline]
+            fn erf(self) -> Self {
+                $erf(self)
+            }
+            #[inline]
+            fn erfc(self) -> Self {
+                $erfc(self)
             }
             #[inline]
             fn sqrt(self) -> Self {
@@ -190,8 +240,22 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32, "f32", matrixmultiply::sgemm, exp_f32);
-impl_float!(f64, "f64", matrixmultiply::dgemm, f64::exp);
+impl_float!(
+    f32,
+    "f32",
+    matrixmultiply::sgemm,
+    exp_f32,
+    libm::erff,
+    libm::erfcf
+);
+impl_float!(
+    f64,
+    "f64",
+    matrixmultiply::dgemm,
+    f64::exp,
+    libm::erf,
+    libm::erfc
+);
 
 #[cfg(test)]
 mod tests {

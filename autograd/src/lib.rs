@@ -30,6 +30,8 @@ mod tape;
 mod tensor;
 
 pub use float::Float;
-pub use kernels::{broadcast_shapes, gemm, matmul_into, matmul_shape};
-pub use tape::{Anomaly, BackwardFn, Grads, Param, ParamGrads, ParamId, Tape, Var, no_grad};
+pub use kernels::{MatRef, Transpose, broadcast_shapes, gemm, matmul_into, matmul_shape};
+pub use tape::{
+    Anomaly, BackwardFn, Grads, Param, ParamGrads, ParamId, Tape, Var, no_grad, retain_freed_memory,
+};
 pub use tensor::{Tensor, numel, strides};

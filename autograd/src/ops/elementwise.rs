@@ -33,8 +33,46 @@ const GELU_A: f64 = 0.044_715;
 // below and call them.
 #[allow(clippy::should_implement_trait)]
 impl<'t, T: Float> Var<'t, T> {
-    /// A pointwise op `y = f(x)` whose derivative is `df(x, y)`.
-    fn pointwise(
+    /// Records a pointwise op `y = f(x)` named `op`, whose derivative is
+    /// `df(x, y)` (given both the input and the output, so an op like `exp`
+    /// or `tanh` can reuse `y`). Backward is `dx = g * df(x, y)`, elementwise.
+    /// This is how the built-in unary ops are written, and the way to add
+    /// one from outside the crate: a method on [`Var`] through an extension
+    /// trait. `op` names the node on the tape ([`Var::op`], anomaly reports,
+    /// coverage checks). For ops with several inputs, see [`Tape::record`].
+    ///
+    /// [`Tape::record`]: crate::Tape::record
+    ///
+    /// ```
+    /// use autograd::{Float, Tape, Tensor, Var};
+    ///
+    /// /// softplus(x) = ln(1 + e^x), with derivative sigmoid(x).
+    /// trait Softplus {
+    ///     fn softplus(self) -> Self;
+    /// }
+    ///
+    /// impl<'t, T: Float> Softplus for Var<'t, T> {
+    ///     fn softplus(self) -> Self {
+    ///         self.pointwise(
+    ///             "softplus",
+    ///             // max(x, 0) + ln(1 + e^-|x|): no overflow for large x,
+    ///             // no loss of the tiny value for very negative x.
+    ///             |x| x.max(T::ZERO) + (-x.abs()).exp().ln_1p(),
+    ///             |x, _| T::ONE / (T::ONE + (-x).exp()),
+    ///         )
+    ///     }
+    /// }
+    ///
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.leaf(Tensor::from_vec(vec![0.0, -50.0], &[2]));
+    /// let y = x.softplus();
+    /// assert_eq!(y.op(), "softplus");
+    /// assert_eq!(y.value().data()[0], 2f64.ln());
+    /// assert!(y.value().data()[1] > 1.9e-22); // not rounded to 0
+    /// let g = tape.backward(y.sum_all());
+    /// assert_eq!(g.wrt(x).data()[0], 0.5); // sigmoid(0)
+    /// ```
+    pub fn pointwise(
         self,
         op: &'static str,
         f: impl Fn(T) -> T + Sync + Send,

@@ -2,7 +2,7 @@
 //! `matrixmultiply`'s strided `gemm`. Both backward products pass the
 //! transposes as strides, so no operand is ever copied to transpose it.
 
-use crate::kernels::gemm;
+use crate::kernels::{MatRef, Transpose, gemm};
 use crate::{Float, Tensor, Var};
 
 pub const OPS: &[&str] = &["matmul", "matmul_t", "linear"];
@@ -26,22 +26,26 @@ impl<'t, T: Float> Var<'t, T> {
     /// ```
     pub fn matmul(self, other: Var<'t, T>) -> Var<'t, T> {
         let (a, b) = (self.value(), other.value());
-        let out = a.matmul_ex(&b, false, false, "matmul");
+        let out = a.matmul_ex(&b, Transpose::No, Transpose::No, "matmul");
         self.tape()
             .record("matmul", out, &[self, other], move |g, need| {
                 // dA = dC B^T, dB = A^T dC, summed over broadcast batch axes.
                 let da = need[0].then(|| {
-                    g.matmul_ex(&b, false, true, "matmul")
+                    g.matmul_ex(&b, Transpose::No, Transpose::Yes, "matmul")
                         .sum_to_shape(a.shape())
                 });
                 let db = need[1].then(|| {
                     if b.ndim() == 2 {
                         // One weight for a stack of inputs: a single (K x R)(R x N) gemm.
                         let ((r, k), n) = (rows2(&a), b.shape()[1]);
-                        a.reshape(&[r, k])
-                            .matmul_ex(&g.reshape(&[r, n]), true, false, "matmul")
+                        a.reshape(&[r, k]).matmul_ex(
+                            &g.reshape(&[r, n]),
+                            Transpose::Yes,
+                            Transpose::No,
+                            "matmul",
+                        )
                     } else {
-                        a.matmul_ex(g, true, false, "matmul")
+                        a.matmul_ex(g, Transpose::Yes, Transpose::No, "matmul")
                             .sum_to_shape(b.shape())
                     }
                 });
@@ -54,21 +58,25 @@ impl<'t, T: Float> Var<'t, T> {
     /// the transposed operand is never materialised.
     pub fn matmul_t(self, other: Var<'t, T>) -> Var<'t, T> {
         let (a, b) = (self.value(), other.value());
-        let out = a.matmul_ex(&b, false, true, "matmul_t");
+        let out = a.matmul_ex(&b, Transpose::No, Transpose::Yes, "matmul_t");
         self.tape()
             .record("matmul_t", out, &[self, other], move |g, need| {
                 // dA = dC B, dB = dC^T A.
                 let da = need[0].then(|| {
-                    g.matmul_ex(&b, false, false, "matmul_t")
+                    g.matmul_ex(&b, Transpose::No, Transpose::No, "matmul_t")
                         .sum_to_shape(a.shape())
                 });
                 let db = need[1].then(|| {
                     if b.ndim() == 2 {
                         let ((r, k), n) = (rows2(&a), b.shape()[0]);
-                        g.reshape(&[r, n])
-                            .matmul_ex(&a.reshape(&[r, k]), true, false, "matmul_t")
+                        g.reshape(&[r, n]).matmul_ex(
+                            &a.reshape(&[r, k]),
+                            Transpose::Yes,
+                            Transpose::No,
+                            "matmul_t",
+                        )
                     } else {
-                        g.matmul_ex(&a, true, false, "matmul_t")
+                        g.matmul_ex(&a, Transpose::Yes, Transpose::No, "matmul_t")
                             .sum_to_shape(b.shape())
                     }
                 });
@@ -113,15 +121,8 @@ impl<'t, T: Float> Var<'t, T> {
             None => vec![T::ZERO; r * n],
         };
         gemm(
-            r,
-            k,
-            n,
-            x.data(),
-            k,
-            1,
-            wv.data(),
-            n,
-            1,
+            MatRef::new(x.data(), r, k),
+            MatRef::new(wv.data(), k, n),
             &mut out,
             bv.is_some(),
         );
@@ -138,13 +139,23 @@ impl<'t, T: Float> Var<'t, T> {
                 // dX = G W^T (W^T as strides).
                 let dx = need[0].then(|| {
                     let mut dx = vec![T::ZERO; r * k];
-                    gemm(r, n, k, gd, n, 1, wv.data(), 1, n, &mut dx, false);
+                    gemm(
+                        MatRef::new(gd, r, n),
+                        MatRef::new(wv.data(), k, n).t(),
+                        &mut dx,
+                        false,
+                    );
                     Tensor::from_vec(dx, x.shape())
                 });
                 // dW = X^T G (X^T as strides).
                 let dw = need[1].then(|| {
                     let mut dw = vec![T::ZERO; k * n];
-                    gemm(k, r, n, x.data(), 1, k, gd, n, 1, &mut dw, false);
+                    gemm(
+                        MatRef::new(x.data(), r, k).t(),
+                        MatRef::new(gd, r, n),
+                        &mut dw,
+                        false,
+                    );
                     Tensor::from_vec(dw, &[k, n])
                 });
                 let mut grads = vec![dx, dw];
