@@ -175,6 +175,9 @@ where
     report
 }
 
+#[cfg(feature = "proptest")]
+pub mod cases;
+
 /// proptest strategies for shapes and tensors (feature `proptest`).
 #[cfg(feature = "proptest")]
 pub mod strategies {

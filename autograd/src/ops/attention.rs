@@ -390,3 +390,128 @@ impl<'t, T: Float> Var<'t, T> {
         )
     }
 }
+
+/// The gradient property entries of this family (feature `proptest`): run
+/// by the test suite through [`crate::ops::all_cases`].
+#[cfg(feature = "proptest")]
+#[rustfmt::skip]
+pub fn cases() -> Vec<crate::check::cases::GradCase> {
+    use crate::check::cases::{GradCase, MORE};
+    let e = GradCase::new;
+    vec![
+        // Fused attention.
+        e("attention", "attention", MORE, strategies::attention_case("attention", false)),
+        e("attention_masked", "attention", MORE, strategies::attention_case("attention_masked", true)),
+        e("attention_biased", "attention", MORE, strategies::attention_biased_case("attention_biased", false)),
+        e("attention_biased_masked", "attention", MORE, strategies::attention_biased_case("attention_biased_masked", true)),
+    ]
+}
+
+/// The strategies of this family's gradient entries.
+#[cfg(feature = "proptest")]
+mod strategies {
+    use proptest::collection::vec as pvec;
+    use proptest::prelude::*;
+
+    use crate::Tensor;
+    use crate::check::cases::{Case, UNIT};
+    use crate::tensor::numel;
+
+    /// Fused multi-head `attention` of q (B, Tq, D), k and v (B, Tk, D),
+    /// D = heads * Dk. With `masked`, a random 0/1 mask of shape (Tq, Tk)
+    /// (causal-like), (B, 1, 1, Tk) (padding-like) or (B, H, Tq, Tk); fully
+    /// masked rows (output 0) included.
+    pub(super) fn attention_case(name: &'static str, masked: bool) -> BoxedStrategy<Case> {
+        (
+            1..=2usize,
+            1..=3usize,
+            1..=3usize,
+            1..=2usize,
+            1..=2usize,
+            0..3usize,
+        )
+            .prop_flat_map(move |(b, tq, tk, heads, dk, kind)| {
+                let d = heads * dk;
+                let ms = match kind {
+                    0 => vec![tq, tk],
+                    1 => vec![b, 1, 1, tk],
+                    _ => vec![b, heads, tq, tk],
+                };
+                let n = if masked { numel(&ms) } else { 0 };
+                let mask = pvec(any::<bool>(), n).prop_map(move |bits| {
+                    masked.then(|| {
+                        let data = bits.iter().map(|&m| if m { 1.0 } else { 0.0 }).collect();
+                        Tensor::from_vec(data, &ms)
+                    })
+                });
+                (
+                    UNIT.tensor(vec![b, tq, d]),
+                    UNIT.tensor(vec![b, tk, d]),
+                    UNIT.tensor(vec![b, tk, d]),
+                    Just(heads),
+                    mask,
+                )
+            })
+            .prop_map(move |(q, k, v, heads, mask)| {
+                let params = match &mask {
+                    Some(m) => format!("{heads} heads, mask {:?} {:?}", m.shape(), m.data()),
+                    None => format!("{heads} heads, no mask"),
+                };
+                Case::new(name, params, vec![q, k, v], move |_, x| {
+                    x[0].attention(x[1], x[2], heads, mask.as_ref())
+                })
+            })
+            .boxed()
+    }
+
+    /// [`attention_case`] with a differentiable bias (the fourth input) of
+    /// shape (B, H, Tq, Tk), (1, H, Tq, Tk), (1, 1, Tq, Tk) or (Tq, Tk), all
+    /// of them broadcasting, and with `masked` a random mask as there.
+    pub(super) fn attention_biased_case(name: &'static str, masked: bool) -> BoxedStrategy<Case> {
+        (
+            (1..=2usize, 1..=3usize, 1..=3usize),
+            (1..=2usize, 1..=2usize),
+            0..3usize,
+            0..4usize,
+        )
+            .prop_flat_map(move |((b, tq, tk), (heads, dk), mask_kind, bias_kind)| {
+                let d = heads * dk;
+                let ms = match mask_kind {
+                    0 => vec![tq, tk],
+                    1 => vec![b, 1, 1, tk],
+                    _ => vec![b, heads, tq, tk],
+                };
+                let bs = match bias_kind {
+                    0 => vec![b, heads, tq, tk],
+                    1 => vec![1, heads, tq, tk],
+                    2 => vec![1, 1, tq, tk],
+                    _ => vec![tq, tk],
+                };
+                let n = if masked { numel(&ms) } else { 0 };
+                let mask = pvec(any::<bool>(), n).prop_map(move |bits| {
+                    masked.then(|| {
+                        let data = bits.iter().map(|&m| if m { 1.0 } else { 0.0 }).collect();
+                        Tensor::from_vec(data, &ms)
+                    })
+                });
+                (
+                    UNIT.tensor(vec![b, tq, d]),
+                    UNIT.tensor(vec![b, tk, d]),
+                    UNIT.tensor(vec![b, tk, d]),
+                    UNIT.tensor(bs),
+                    Just(heads),
+                    mask,
+                )
+            })
+            .prop_map(move |(q, k, v, bias, heads, mask)| {
+                let params = match &mask {
+                    Some(m) => format!("{heads} heads, mask {:?} {:?}", m.shape(), m.data()),
+                    None => format!("{heads} heads, no mask"),
+                };
+                Case::new(name, params, vec![q, k, v, bias], move |_, x| {
+                    x[0].attention_biased(x[1], x[2], heads, mask.as_ref(), Some(x[3]))
+                })
+            })
+            .boxed()
+    }
+}

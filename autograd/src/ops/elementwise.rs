@@ -325,3 +325,34 @@ impl<T: Float> Tensor<T> {
         self.map(|x| x * c)
     }
 }
+
+/// The gradient property entries of this family (feature `proptest`): run
+/// by the test suite through [`crate::ops::all_cases`].
+#[cfg(feature = "proptest")]
+#[rustfmt::skip]
+pub fn cases() -> Vec<crate::check::cases::GradCase> {
+    use crate::check::cases::{GradCase, Values::*, binary, unary, with_scalar, UNIT, CASES, MORE};
+    let e = GradCase::new;
+    let positive = Uniform(0.2, 3.0);
+    let wide = Uniform(-3.0, 3.0);
+    vec![
+        // Elementwise, binary (broadcasting); division away from its pole.
+        e("add", "add", MORE, binary("add", |a, b| a + b, UNIT)),
+        e("sub", "sub", MORE, binary("sub", |a, b| a - b, UNIT)),
+        e("mul", "mul", MORE, binary("mul", |a, b| a * b, UNIT)),
+        e("div", "div", MORE, binary("div", |a, b| a / b, AwayFromZero(0.5, 2.0))),
+        // Elementwise, unary: log, sqrt and pow on positive inputs, relu
+        // away from its kink.
+        e("neg", "neg", CASES, unary("neg", |x| -x, UNIT, 4, 3)),
+        e("add_scalar", "add_scalar", CASES, with_scalar("add_scalar", |x, c| x + c, UNIT, -3.0..=3.0)),
+        e("mul_scalar", "mul_scalar", CASES, with_scalar("mul_scalar", |x, c| x * c, UNIT, -3.0..=3.0)),
+        e("pow_scalar", "pow_scalar", CASES, with_scalar("pow_scalar", |x, p| x.pow_scalar(p), Uniform(0.5, 2.0), -2.5..=2.5)),
+        e("exp", "exp", CASES, unary("exp", |x| x.exp(), UNIT, 4, 3)),
+        e("log", "log", CASES, unary("log", |x| x.log(), positive, 4, 3)),
+        e("sqrt", "sqrt", CASES, unary("sqrt", |x| x.sqrt(), positive, 4, 3)),
+        e("relu", "relu", CASES, unary("relu", |x| x.relu(), AwayFromZero(0.1, 2.0), 4, 3)),
+        e("gelu", "gelu", CASES, unary("gelu", |x| x.gelu(), wide, 4, 3)),
+        e("tanh", "tanh", CASES, unary("tanh", |x| x.tanh(), wide, 4, 3)),
+        e("sigmoid", "sigmoid", CASES, unary("sigmoid", |x| x.sigmoid(), wide, 4, 3)),
+    ]
+}
