@@ -35,17 +35,24 @@ pub trait Float:
     + DivAssign
     + 'static
 {
+    /// Zero.
     const ZERO: Self;
+    /// One.
     const ONE: Self;
+    /// Negative infinity (a masked score).
     const NEG_INFINITY: Self;
     /// `"f32"` or `"f64"`, for messages.
     const NAME: &'static str;
 
+    /// Converts from f64 (rounding to nearest for f32).
     fn from_f64(x: f64) -> Self;
+    /// Converts to f64 (exact).
     fn to_f64(self) -> f64;
+    /// Converts a count (a dimension, a number of rows).
     fn from_usize(x: usize) -> Self {
         Self::from_f64(x as f64)
     }
+    /// `e^x` (the library exp).
     fn exp(self) -> Self;
     /// `exp` for the softmax-family kernels: for `f32` a branch-free
     /// polynomial (Cephes' `expf` coefficients, relative error below 2e-7,
@@ -57,6 +64,7 @@ pub trait Float:
     fn exp_fast(self) -> Self {
         self.exp()
     }
+    /// Natural logarithm.
     fn ln(self) -> Self;
     /// `ln(1 + x)`, accurate for small `|x|` (where `1 + x` would round
     /// away the digits of `x`): `softplus(x) = ln_1p(exp(x))` stays non-zero
@@ -92,11 +100,17 @@ pub trait Float:
     /// assert!(Float::erfc(10.0f64) > 0.0); // 2.09e-45; 1 - erf(10) is 0
     /// ```
     fn erfc(self) -> Self;
+    /// Square root.
     fn sqrt(self) -> Self;
+    /// Hyperbolic tangent.
     fn tanh(self) -> Self;
+    /// Absolute value.
     fn abs(self) -> Self;
+    /// `self^p`.
     fn powf(self, p: Self) -> Self;
+    /// False for NaN and the infinities.
     fn is_finite(self) -> bool;
+    /// The larger of two values (the other one if either is NaN, as `f64::max`).
     fn max(self, other: Self) -> Self;
 
     /// `C = alpha * A B + beta * C` on raw strided storage (matrixmultiply's

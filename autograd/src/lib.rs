@@ -22,6 +22,8 @@
 //! assert_eq!(g.wrt(w).data(), &[0.0, 0.0, 0.0]);
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod check;
 mod float;
 mod kernels;

@@ -52,10 +52,12 @@ static NEXT_PARAM: AtomicU64 = AtomicU64::new(0);
 #[derive(Clone, Debug)]
 pub struct Param<T: Float = f32> {
     id: ParamId,
+    /// The current value; the optimiser updates it in place between tapes.
     pub value: Tensor<T>,
 }
 
 impl<T: Float> Param<T> {
+    /// A new parameter with a fresh id.
     pub fn new(value: Tensor<T>) -> Self {
         Param {
             id: ParamId(NEXT_PARAM.fetch_add(1, Ordering::Relaxed)),
@@ -63,6 +65,7 @@ impl<T: Float> Param<T> {
         }
     }
 
+    /// This parameter's id (gradients are keyed by it).
     pub fn id(&self) -> ParamId {
         self.id
     }
@@ -72,10 +75,13 @@ impl<T: Float> Param<T> {
 /// while anomaly mode was on.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Anomaly {
+    /// The op's name, as recorded on the tape.
     pub op: &'static str,
     /// `"forward"` or `"backward"`.
     pub phase: &'static str,
+    /// Shapes of the op's inputs.
     pub input_shapes: Vec<Vec<usize>>,
+    /// Shape of the op's output.
     pub output_shape: Vec<usize>,
 }
 
@@ -159,6 +165,7 @@ impl<T: Float> Tape<T> {
         self.nodes.borrow().len()
     }
 
+    /// True when nothing has been recorded.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -481,6 +488,7 @@ impl<'t, T: Float> Var<'t, T> {
         self.tape.nodes.borrow()[self.id].value.clone()
     }
 
+    /// The value's shape.
     pub fn shape(&self) -> Vec<usize> {
         self.tape.nodes.borrow()[self.id].value.shape().to_vec()
     }
@@ -490,10 +498,12 @@ impl<'t, T: Float> Var<'t, T> {
         self.tape.nodes.borrow()[self.id].value.dim(axis)
     }
 
+    /// The value's number of axes.
     pub fn ndim(&self) -> usize {
         self.tape.nodes.borrow()[self.id].value.ndim()
     }
 
+    /// The tape this var lives on.
     pub fn tape(&self) -> &'t Tape<T> {
         self.tape
     }
@@ -508,6 +518,7 @@ impl<'t, T: Float> Var<'t, T> {
         self.tape.nodes.borrow()[self.id].op
     }
 
+    /// True when gradients flow into this var (it depends on a leaf).
     pub fn requires_grad(&self) -> bool {
         self.tape.nodes.borrow()[self.id].requires_grad
     }
@@ -547,6 +558,7 @@ impl<T: Float> Grads<T> {
         })
     }
 
+    /// The gradient of a parameter, if anything flowed into it.
     pub fn param(&self, p: &Param<T>) -> Option<&Tensor<T>> {
         self.params.get(p)
     }
@@ -556,6 +568,7 @@ impl<T: Float> Grads<T> {
         &self.params
     }
 
+    /// The parameters' gradients, by value.
     pub fn into_params(self) -> ParamGrads<T> {
         self.params
     }
@@ -582,10 +595,12 @@ pub struct ParamGrads<T: Float = f32> {
 }
 
 impl<T: Float> ParamGrads<T> {
+    /// The gradient of a parameter, if present.
     pub fn get(&self, p: &Param<T>) -> Option<&Tensor<T>> {
         self.grads.get(&p.id)
     }
 
+    /// The gradient of the parameter with id `id`, if present.
     pub fn get_id(&self, id: ParamId) -> Option<&Tensor<T>> {
         self.grads.get(&id)
     }
@@ -611,18 +626,22 @@ impl<T: Float> ParamGrads<T> {
         }
     }
 
+    /// The gradients in parameter-id order.
     pub fn iter(&self) -> impl Iterator<Item = (ParamId, &Tensor<T>)> {
         self.grads.iter().map(|(id, g)| (*id, g))
     }
 
+    /// The gradients in parameter-id order, mutably (e.g. to clip them).
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (ParamId, &mut Tensor<T>)> {
         self.grads.iter_mut().map(|(id, g)| (*id, g))
     }
 
+    /// Number of parameters with a gradient.
     pub fn len(&self) -> usize {
         self.grads.len()
     }
 
+    /// True when no parameter has a gradient.
     pub fn is_empty(&self) -> bool {
         self.grads.is_empty()
     }

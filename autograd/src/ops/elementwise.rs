@@ -6,6 +6,7 @@ use std::ops::{Add, Div, Mul, Neg, Sub};
 
 use crate::{Float, Tensor, Var};
 
+/// The op names of this family (see [`crate::ops::all_ops`]).
 pub const OPS: &[&str] = &[
     "add",
     "sub",
@@ -144,6 +145,7 @@ impl<'t, T: Float> Var<'t, T> {
             })
     }
 
+    /// `-x`.
     pub fn neg(self) -> Var<'t, T> {
         let out = self.value().map(|x| -x);
         self.tape()
@@ -174,6 +176,7 @@ impl<'t, T: Float> Var<'t, T> {
         )
     }
 
+    /// `e^x`.
     pub fn exp(self) -> Var<'t, T> {
         self.pointwise("exp", |x| x.exp(), |_, y| y)
     }
@@ -183,6 +186,7 @@ impl<'t, T: Float> Var<'t, T> {
         self.pointwise("log", |x| x.ln(), |x, _| T::ONE / x)
     }
 
+    /// Square root (x > 0).
     pub fn sqrt(self) -> Var<'t, T> {
         self.pointwise("sqrt", |x| x.sqrt(), |_, y| T::from_f64(0.5) / y)
     }
@@ -211,6 +215,7 @@ impl<'t, T: Float> Var<'t, T> {
         )
     }
 
+    /// Hyperbolic tangent.
     pub fn tanh(self) -> Var<'t, T> {
         self.pointwise("tanh", |x| x.tanh(), |_, y| T::ONE - y * y)
     }

@@ -5,6 +5,7 @@
 use crate::kernels::{MatRef, Transpose, gemm};
 use crate::{Float, Tensor, Var};
 
+/// The op names of this family (see [`crate::ops::all_ops`]).
 pub const OPS: &[&str] = &["matmul", "matmul_t", "linear"];
 
 /// Collapses all leading axes: (..., K) -> (R, K).

@@ -3,7 +3,7 @@
 //!
 //! Every family lists its op names in `OPS` and (feature `proptest`) owns
 //! its gradient property entries in `cases()`; [`all_ops`] and
-//! [`all_cases`] join them, and the test suite runs every entry and fails
+//! `all_cases` join them, and the test suite runs every entry and fails
 //! when an op has none. Adding an op touches its family's file only.
 
 pub mod attention;

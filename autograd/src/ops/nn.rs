@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use crate::tensor::numel;
 use crate::{Float, Tensor, Var};
 
+/// The op names of this family (see [`crate::ops::all_ops`]).
 pub const OPS: &[&str] = &[
     "softmax",
     "log_softmax",

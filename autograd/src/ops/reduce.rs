@@ -3,6 +3,7 @@
 
 use crate::{Float, Tensor, Var};
 
+/// The op names of this family (see [`crate::ops::all_ops`]).
 pub const OPS: &[&str] = &["sum", "mean", "sum_all", "mean_all", "max"];
 
 /// The shape with `axis` kept as size 1.

@@ -5,6 +5,7 @@
 use crate::tensor::numel;
 use crate::{Float, Tensor, Var};
 
+/// The op names of this family (see [`crate::ops::all_ops`]).
 pub const OPS: &[&str] = &[
     "transpose",
     "permute",
