@@ -53,19 +53,24 @@ impl Default for GradcheckConfig {
 pub struct GradcheckReport {
     /// Worst error over all checked elements.
     pub max_error: f64,
-    /// Which input and which multi-index inside it held the worst error.
+    /// Which input held the worst error.
     pub input: usize,
+    /// Multi-index of the worst element inside that input.
     pub index: Vec<usize>,
+    /// The analytic gradient (reverse pass) at the worst element.
     pub analytic: f64,
+    /// The numeric gradient (central difference) at the worst element.
     pub numeric: f64,
     /// Number of elements checked.
     pub checked: usize,
     /// The ops recorded by one forward pass (for coverage checks).
     pub ops: Vec<&'static str>,
+    /// The tolerance the check was run with.
     pub tol: f64,
 }
 
 impl GradcheckReport {
+    /// True when the worst error is within the tolerance.
     pub fn passed(&self) -> bool {
         self.max_error <= self.tol
     }
@@ -174,6 +179,9 @@ where
     }
     report
 }
+
+#[cfg(feature = "proptest")]
+pub mod cases;
 
 /// proptest strategies for shapes and tensors (feature `proptest`).
 #[cfg(feature = "proptest")]

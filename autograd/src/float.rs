@@ -35,17 +35,24 @@ pub trait Float:
     + DivAssign
     + 'static
 {
+    /// Zero.
     const ZERO: Self;
+    /// One.
     const ONE: Self;
+    /// Negative infinity (a masked score).
     const NEG_INFINITY: Self;
     /// `"f32"` or `"f64"`, for messages.
     const NAME: &'static str;
 
+    /// Converts from f64 (rounding to nearest for f32).
     fn from_f64(x: f64) -> Self;
+    /// Converts to f64 (exact).
     fn to_f64(self) -> f64;
+    /// Converts a count (a dimension, a number of rows).
     fn from_usize(x: usize) -> Self {
         Self::from_f64(x as f64)
     }
+    /// `e^x` (the library exp).
     fn exp(self) -> Self;
     /// `exp` for the softmax-family kernels: for `f32` a branch-free
     /// polynomial (Cephes' `expf` coefficients, relative error below 2e-7,
@@ -57,12 +64,53 @@ pub trait Float:
     fn exp_fast(self) -> Self {
         self.exp()
     }
+    /// Natural logarithm.
     fn ln(self) -> Self;
+    /// `ln(1 + x)`, accurate for small `|x|` (where `1 + x` would round
+    /// away the digits of `x`): `softplus(x) = ln_1p(exp(x))` stays non-zero
+    /// down to `x = -700` in f64.
+    ///
+    /// ```
+    /// use autograd::Float;
+    /// assert_eq!(Float::ln_1p(1e-20f64), 1e-20);
+    /// assert!(Float::ln_1p(Float::exp(-50.0f32)) > 0.0); // ~1.93e-22
+    /// ```
+    fn ln_1p(self) -> Self;
+    /// `exp(x) - 1`, accurate for small `|x|`.
+    ///
+    /// ```
+    /// use autograd::Float;
+    /// assert_eq!(Float::exp_m1(1e-20f64), 1e-20);
+    /// ```
+    fn exp_m1(self) -> Self;
+    /// The error function `erf(x) = 2/sqrt(pi) * int_0^x exp(-t^2) dt` (from
+    /// the `libm` crate: `std`'s is not stable yet). The exact GELU is
+    /// `0.5 x (1 + erf(x / sqrt 2))`.
+    ///
+    /// ```
+    /// use autograd::Float;
+    /// assert!((Float::erf(1.0f64) - 0.842_700_792_949_714_9).abs() < 1e-15);
+    /// ```
+    fn erf(self) -> Self;
+    /// The complementary error function `1 - erf(x)`, accurate where
+    /// `erf(x)` is close to 1 (large `x`).
+    ///
+    /// ```
+    /// use autograd::Float;
+    /// assert!(Float::erfc(10.0f64) > 0.0); // 2.09e-45; 1 - erf(10) is 0
+    /// ```
+    fn erfc(self) -> Self;
+    /// Square root.
     fn sqrt(self) -> Self;
+    /// Hyperbolic tangent.
     fn tanh(self) -> Self;
+    /// Absolute value.
     fn abs(self) -> Self;
+    /// `self^p`.
     fn powf(self, p: Self) -> Self;
+    /// False for NaN and the infinities.
     fn is_finite(self) -> bool;
+    /// The larger of two values (the other one if either is NaN, as `f64::max`).
     fn max(self, other: Self) -> Self;
 
     /// `C = alpha * A B + beta * C` on raw strided storage (matrixmultiply's
@@ -116,7 +164,7 @@ fn exp_f32(x: f32) -> f32 {
 }
 
 macro_rules! impl_float {
-    ($t:ty, $name:literal, $gemm:path, $exp_fast:path) => {
+    ($t:ty, $name:literal, $gemm:path, $exp_fast:path, $erf:path, $erfc:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -142,6 +190,22 @@ macro_rules! impl_float {
             #[inline]
             fn ln(self) -> Self {
                 <$t>::ln(self)
+            }
+            #[inline]
+            fn ln_1p(self) -> Self {
+                <$t>::ln_1p(self)
+            }
+            #[inline]
+            fn exp_m1(self) -> Self {
+                <$t>::exp_m1(self)
+            }
+            #[inline]
+            fn erf(self) -> Self {
+                $erf(self)
+            }
+            #[inline]
+            fn erfc(self) -> Self {
+                $erfc(self)
             }
             #[inline]
             fn sqrt(self) -> Self {
@@ -190,8 +254,22 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32, "f32", matrixmultiply::sgemm, exp_f32);
-impl_float!(f64, "f64", matrixmultiply::dgemm, f64::exp);
+impl_float!(
+    f32,
+    "f32",
+    matrixmultiply::sgemm,
+    exp_f32,
+    libm::erff,
+    libm::erfcf
+);
+impl_float!(
+    f64,
+    "f64",
+    matrixmultiply::dgemm,
+    f64::exp,
+    libm::erf,
+    libm::erfc
+);
 
 #[cfg(test)]
 mod tests {

@@ -398,13 +398,21 @@ impl<T: Float> Tensor<T> {
     }
 
     /// Batched matrix product `op(A) op(B)` where `op` transposes the last two
-    /// axes when asked. Batch axes broadcast. Transposes are strides handed to
-    /// `gemm`, never copies.
+    /// axes when asked ([`Transpose::Yes`]). Batch axes broadcast. Transposes
+    /// are strides handed to `gemm`, never copies.
+    ///
+    /// ```
+    /// use autograd::{Tensor, Transpose};
+    /// let a = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], &[2, 2]);
+    /// // A A^T = [[1*1 + 2*2, 1*3 + 2*4], [3*1 + 4*2, 3*3 + 4*4]]
+    /// let c = a.matmul_ex(&a, Transpose::No, Transpose::Yes, "example");
+    /// assert_eq!(c.data(), &[5.0, 11.0, 11.0, 25.0]);
+    /// ```
     pub fn matmul_ex(
         &self,
         other: &Tensor<T>,
-        trans_a: bool,
-        trans_b: bool,
+        trans_a: Transpose,
+        trans_b: Transpose,
         op: &str,
     ) -> Tensor<T> {
         let shape = matmul_shape(self, other, trans_a, trans_b, op);
@@ -415,7 +423,24 @@ impl<T: Float> Tensor<T> {
 
     /// Plain `A B` for the last two axes (batch axes broadcast).
     pub fn matmul(&self, other: &Tensor<T>) -> Tensor<T> {
-        self.matmul_ex(other, false, false, "matmul")
+        self.matmul_ex(other, Transpose::No, Transpose::No, "matmul")
+    }
+}
+
+/// Whether a matmul operand is used as stored or transposed (its last two
+/// axes swapped, through strides: no copy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transpose {
+    /// The operand as stored.
+    No,
+    /// The operand with its last two axes swapped.
+    Yes,
+}
+
+impl Transpose {
+    #[inline]
+    fn yes(self) -> bool {
+        self == Transpose::Yes
     }
 }
 
@@ -424,8 +449,8 @@ impl<T: Float> Tensor<T> {
 pub fn matmul_shape<T: Float>(
     a: &Tensor<T>,
     b: &Tensor<T>,
-    trans_a: bool,
-    trans_b: bool,
+    trans_a: Transpose,
+    trans_b: Transpose,
     op: &str,
 ) -> Vec<usize> {
     assert!(
@@ -436,8 +461,8 @@ pub fn matmul_shape<T: Float>(
     );
     let (ar, ac) = (a.shape()[a.ndim() - 2], a.shape()[a.ndim() - 1]);
     let (br, bc) = (b.shape()[b.ndim() - 2], b.shape()[b.ndim() - 1]);
-    let (m, k) = if trans_a { (ac, ar) } else { (ar, ac) };
-    let (k2, n) = if trans_b { (bc, br) } else { (br, bc) };
+    let (m, k) = if trans_a.yes() { (ac, ar) } else { (ar, ac) };
+    let (k2, n) = if trans_b.yes() { (bc, br) } else { (br, bc) };
     assert!(
         k == k2,
         "{op}: inner dimensions differ: shapes {:?} and {:?}",
@@ -452,11 +477,21 @@ pub fn matmul_shape<T: Float>(
 /// `op(A) op(B)` written into a preallocated `out` (overwritten), of the
 /// shape [`matmul_shape`] gives. Products over the batch run in parallel
 /// when large; a stack of matrices times one matrix is one tall `gemm`.
+///
+/// ```
+/// use autograd::{Tensor, Transpose, matmul_into, matmul_shape, numel};
+/// let a = Tensor::from_vec(vec![1.0f32, 2.0], &[1, 2]);
+/// let b = Tensor::from_vec(vec![3.0f32, 4.0], &[2, 1]);
+/// let shape = matmul_shape(&a, &b, Transpose::No, Transpose::No, "example");
+/// let mut c = vec![0.0; numel(&shape)];
+/// matmul_into(&a, &b, Transpose::No, Transpose::No, "example", &mut c);
+/// assert_eq!(c, [11.0]);
+/// ```
 pub fn matmul_into<T: Float>(
     a: &Tensor<T>,
     b: &Tensor<T>,
-    trans_a: bool,
-    trans_b: bool,
+    trans_a: Transpose,
+    trans_b: Transpose,
     op: &str,
     out: &mut [T],
 ) {
@@ -469,30 +504,20 @@ pub fn matmul_into<T: Float>(
     let (ar, ac) = (a.shape()[a.ndim() - 2], a.shape()[a.ndim() - 1]);
     let (br, bc) = (b.shape()[b.ndim() - 2], b.shape()[b.ndim() - 1]);
     let (m, n) = (shape[shape.len() - 2], shape[shape.len() - 1]);
-    let k = if trans_a { ar } else { ac };
+    let k = if trans_a.yes() { ar } else { ac };
     let batch = &shape[..shape.len() - 2];
     let nb = numel(batch);
     let (ba, bb) = (&a.shape()[..a.ndim() - 2], &b.shape()[..b.ndim() - 2]);
     // Logical strides of op(A) and op(B) inside one matrix.
-    let (rsa, csa) = if trans_a { (1, ac) } else { (ac, 1) };
-    let (rsb, csb) = if trans_b { (1, bc) } else { (bc, 1) };
+    let (rsa, csa) = if trans_a.yes() { (1, ac) } else { (ac, 1) };
+    let (rsb, csb) = if trans_b.yes() { (1, bc) } else { (bc, 1) };
     if m == 0 || n == 0 {
         return;
     }
-    if bb.is_empty() && !trans_a {
-        gemm(
-            numel(ba) * m,
-            k,
-            n,
-            a.data(),
-            rsa,
-            csa,
-            b.data(),
-            rsb,
-            csb,
-            out,
-            false,
-        );
+    if bb.is_empty() && !trans_a.yes() {
+        // A stack of row-major matrices is one tall (batch * M, K) matrix.
+        let a = MatRef::strided(a.data(), numel(ba) * m, k, rsa, csa);
+        gemm(a, MatRef::strided(b.data(), k, n, rsb, csb), out, false);
         return;
     }
     let (sa, sb) = (broadcast_strides(ba, batch), broadcast_strides(bb, batch));
@@ -508,7 +533,12 @@ pub fn matmul_into<T: Float>(
     let one = |i: usize, c: &mut [T]| {
         let pa = &a.data()[offset(i, &sa) * ma..];
         let pb = &b.data()[offset(i, &sb) * mb..];
-        gemm(m, k, n, pa, rsa, csa, pb, rsb, csb, c, false);
+        gemm(
+            MatRef::strided(pa, m, k, rsa, csa),
+            MatRef::strided(pb, k, n, rsb, csb),
+            c,
+            false,
+        );
     };
     if nb > 1 && nb * m * n * k >= GEMM_PAR_MIN_FLOPS {
         out.par_chunks_mut(m * n)
@@ -538,9 +568,101 @@ impl<T> SendPtr<T> {
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
-/// `C (m x n) = A (m x k) B (k x n)`, or `C += A B` when `accumulate`, with
-/// arbitrary strides for A and B (a transposed operand is swapped strides)
-/// and a contiguous row-major C.
+/// A read-only strided view of an `rows x cols` matrix inside a slice:
+/// element `(i, j)` is `data[i * row_stride + j * col_stride]`. A transposed
+/// matrix is the same data with swapped strides ([`MatRef::t`]), so no copy
+/// is ever made to transpose an operand of [`gemm`].
+///
+/// ```
+/// use autograd::MatRef;
+/// let data = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+/// let m = MatRef::new(&data, 2, 3); // [[1, 2, 3], [4, 5, 6]]
+/// assert_eq!(m.at(1, 0), 4.0);
+/// assert_eq!(m.t().at(0, 1), 4.0); // the transpose, (3, 2)
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a, T> {
+    /// The storage; element `(0, 0)` is `data[0]`.
+    pub data: &'a [T],
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of columns.
+    pub cols: usize,
+    /// Distance in elements between `(i, j)` and `(i + 1, j)`.
+    pub row_stride: usize,
+    /// Distance in elements between `(i, j)` and `(i, j + 1)`.
+    pub col_stride: usize,
+}
+
+impl<'a, T: Copy> MatRef<'a, T> {
+    /// A contiguous row-major matrix (row stride `cols`, column stride 1).
+    #[inline]
+    pub fn new(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Self::strided(data, rows, cols, cols, 1)
+    }
+
+    /// A matrix with explicit strides, e.g. one head's (T, Dk) columns
+    /// inside a (T, D) buffer: `MatRef::strided(&x[h * dk..], t, dk, d, 1)`.
+    #[inline]
+    pub fn strided(
+        data: &'a [T],
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+        col_stride: usize,
+    ) -> Self {
+        MatRef {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride,
+        }
+    }
+
+    /// The transpose: the same storage with rows and columns swapped.
+    #[inline]
+    pub fn t(self) -> Self {
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+
+    /// Element `(i, j)` (panics if the storage is too short).
+    #[inline]
+    pub fn at(&self, i: usize, j: usize) -> T {
+        self.data[i * self.row_stride + j * self.col_stride]
+    }
+}
+
+/// Where [`gemm_raw`] writes C: a raw pointer to element `(0, 0)` and the
+/// row stride (column stride 1). Raw, because the fused attention has
+/// several tasks writing disjoint column blocks of one buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct MatPtr<T> {
+    pub(crate) ptr: SendPtr<T>,
+    pub(crate) row_stride: usize,
+}
+
+impl<T> MatPtr<T> {
+    /// C at `ptr` with row stride `row_stride`.
+    #[inline]
+    pub(crate) fn new(ptr: *mut T, row_stride: usize) -> Self {
+        MatPtr {
+            ptr: SendPtr(ptr),
+            row_stride,
+        }
+    }
+}
+
+/// `C = A B` (or `C += A B` when `accumulate`) for `A` (m x k) and `B`
+/// (k x n) given as strided views (a transposed operand is [`MatRef::t`])
+/// and a contiguous row-major C of at least m x n elements. Panics naming
+/// the shapes when the inner dimensions differ or a buffer is too short.
 ///
 /// With more than one rayon thread, a large product is split into one block
 /// per thread along its longer output axis (rows when m >= n, else columns),
@@ -549,69 +671,52 @@ unsafe impl<T> Sync for SendPtr<T> {}
 /// the same sequence of multiply-adds over k (blocked by kc, independent of
 /// the m and n tiling), so the output is bit-identical for any thread count
 /// (tested with 1 and 2 threads).
-#[allow(clippy::too_many_arguments)]
-pub fn gemm<T: Float>(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[T],
-    rsa: usize,
-    csa: usize,
-    b: &[T],
-    rsb: usize,
-    csb: usize,
-    c: &mut [T],
-    accumulate: bool,
-) {
+///
+/// ```
+/// use autograd::{MatRef, gemm};
+/// let a = [1.0, 2.0, 3.0, 4.0]; // [[1, 2], [3, 4]]
+/// let mut c = [0.0; 4];
+/// gemm(MatRef::new(&a, 2, 2), MatRef::new(&a, 2, 2).t(), &mut c, false); // A A^T
+/// assert_eq!(c, [5.0, 11.0, 11.0, 25.0]);
+/// ```
+#[inline]
+pub fn gemm<T: Float>(a: MatRef<'_, T>, b: MatRef<'_, T>, c: &mut [T], accumulate: bool) {
+    let (m, n) = (a.rows, b.cols);
     assert!(
         c.len() >= m * n,
         "gemm: C has {} elements, needs {m} x {n}",
         c.len()
     );
     // SAFETY: C is exclusively borrowed and holds m rows of n.
-    unsafe {
-        gemm_raw(
-            m,
-            k,
-            n,
-            a,
-            rsa,
-            csa,
-            b,
-            rsb,
-            csb,
-            c.as_mut_ptr(),
-            n,
-            accumulate,
-        )
-    }
+    unsafe { gemm_raw(a, b, MatPtr::new(c.as_mut_ptr(), n), accumulate) }
 }
 
-/// [`gemm`] into C at `c` with row stride `rsc` (column stride 1): the
-/// fused attention writes each head's block straight into (B, T, D).
+/// [`gemm`] into C at `c` (row stride `c.row_stride`, column stride 1):
+/// the fused attention writes each head's block straight into (B, T, D).
 ///
 /// # Safety
-/// `c` must be valid for writes of rows `0..m`, columns `0..n` at row
-/// stride `rsc`, and nothing else may access that block during the call.
-#[allow(clippy::too_many_arguments)]
+/// `c` must be valid for writes of rows `0..a.rows`, columns `0..b.cols` at
+/// its row stride, and nothing else may access that block during the call.
 pub(crate) unsafe fn gemm_raw<T: Float>(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[T],
-    rsa: usize,
-    csa: usize,
-    b: &[T],
-    rsb: usize,
-    csb: usize,
-    c: *mut T,
-    rsc: usize,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    c: MatPtr<T>,
     accumulate: bool,
 ) {
+    assert!(
+        a.cols == b.rows,
+        "gemm: inner dimensions differ: A is {} x {}, B is {} x {}",
+        a.rows,
+        a.cols,
+        b.rows,
+        b.cols
+    );
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let (rsa, csa, rsb, csb) = (a.row_stride, a.col_stride, b.row_stride, b.col_stride);
+    let (cp, rsc) = (c.ptr, c.row_stride);
     if m == 0 || n == 0 {
         return;
     }
-    let cp = SendPtr(c);
     if k == 0 {
         if !accumulate {
             for r in 0..m {
@@ -621,6 +726,7 @@ pub(crate) unsafe fn gemm_raw<T: Float>(
         }
         return;
     }
+    let (a, b) = (a.data, b.data);
     // Bounds: the last element of A and B that gemm will read.
     assert!(
         (m - 1) * rsa + (k - 1) * csa < a.len(),
@@ -836,15 +942,8 @@ mod tests {
                     for (accumulate, times) in [(false, 1.0), (true, 2.0)] {
                         pool.install(|| {
                             gemm(
-                                m,
-                                k,
-                                n,
-                                a.data(),
-                                rsa,
-                                csa,
-                                b.data(),
-                                rsb,
-                                csb,
+                                MatRef::strided(a.data(), m, k, rsa, csa),
+                                MatRef::strided(b.data(), k, n, rsb, csb),
                                 &mut c,
                                 accumulate,
                             )

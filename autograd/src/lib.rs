@@ -22,6 +22,8 @@
 //! assert_eq!(g.wrt(w).data(), &[0.0, 0.0, 0.0]);
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod check;
 mod float;
 mod kernels;
@@ -30,6 +32,8 @@ mod tape;
 mod tensor;
 
 pub use float::Float;
-pub use kernels::{broadcast_shapes, gemm, matmul_into, matmul_shape};
-pub use tape::{Anomaly, BackwardFn, Grads, Param, ParamGrads, ParamId, Tape, Var, no_grad};
+pub use kernels::{MatRef, Transpose, broadcast_shapes, gemm, matmul_into, matmul_shape};
+pub use tape::{
+    Anomaly, BackwardFn, Grads, Param, ParamGrads, ParamId, Tape, Var, no_grad, retain_freed_memory,
+};
 pub use tensor::{Tensor, numel, strides};

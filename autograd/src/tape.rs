@@ -52,10 +52,12 @@ static NEXT_PARAM: AtomicU64 = AtomicU64::new(0);
 #[derive(Clone, Debug)]
 pub struct Param<T: Float = f32> {
     id: ParamId,
+    /// The current value; the optimiser updates it in place between tapes.
     pub value: Tensor<T>,
 }
 
 impl<T: Float> Param<T> {
+    /// A new parameter with a fresh id.
     pub fn new(value: Tensor<T>) -> Self {
         Param {
             id: ParamId(NEXT_PARAM.fetch_add(1, Ordering::Relaxed)),
@@ -63,6 +65,7 @@ impl<T: Float> Param<T> {
         }
     }
 
+    /// This parameter's id (gradients are keyed by it).
     pub fn id(&self) -> ParamId {
         self.id
     }
@@ -72,10 +75,13 @@ impl<T: Float> Param<T> {
 /// while anomaly mode was on.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Anomaly {
+    /// The op's name, as recorded on the tape.
     pub op: &'static str,
     /// `"forward"` or `"backward"`.
     pub phase: &'static str,
+    /// Shapes of the op's inputs.
     pub input_shapes: Vec<Vec<usize>>,
+    /// Shape of the op's output.
     pub output_shape: Vec<usize>,
 }
 
@@ -128,7 +134,6 @@ impl<T: Float> Tape<T> {
     }
 
     fn with_grad(grad_enabled: bool) -> Self {
-        keep_freed_memory();
         Tape {
             nodes: RefCell::new(Vec::new()),
             grad_enabled,
@@ -160,6 +165,7 @@ impl<T: Float> Tape<T> {
         self.nodes.borrow().len()
     }
 
+    /// True when nothing has been recorded.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -235,10 +241,43 @@ impl<T: Float> Tape<T> {
         self.params.borrow_mut().insert(p.id, v.id);
     }
 
-    /// Records an op: its output value, its inputs and its VJP. This is the
-    /// extension point for user ops; every built-in op goes through it.
-    /// If no input needs a gradient (or on a no-grad tape) the VJP is dropped
-    /// at once, so constants cost nothing for backward.
+    /// Records an op: its name, its output value, its inputs and its VJP.
+    /// This is the general extension point for user ops (every built-in op
+    /// goes through it; [`Var::pointwise`] covers the one-input elementwise
+    /// case). If no input needs a gradient (or on a no-grad tape) the VJP is
+    /// dropped at once, so constants cost nothing for backward.
+    ///
+    /// The VJP gets the gradient of the output and, per input, whether that
+    /// input needs a gradient; it returns one optional gradient per input,
+    /// each of that input's shape (checked: a wrong count or shape panics
+    /// naming `op`). It must own what it needs (tensors are cheap `Arc`
+    /// clones). In anomaly mode a NaN or Inf in the value or in a returned
+    /// gradient is reported under `op`.
+    ///
+    /// A two-input op defined outside the crate, `hypot(a, b) = sqrt(a^2 + b^2)`:
+    ///
+    /// ```
+    /// use autograd::{Float, Tape, Tensor, Var};
+    ///
+    /// fn hypot<'t, T: Float>(a: Var<'t, T>, b: Var<'t, T>) -> Var<'t, T> {
+    ///     let (x, y) = (a.value(), b.value());
+    ///     let h = x.zip_map(&y, "hypot", |x, y| (x * x + y * y).sqrt());
+    ///     let saved = h.clone();
+    ///     a.tape().record("hypot", h, &[a, b], move |g, need| {
+    ///         // d/da = a / h, d/db = b / h (same shapes: no broadcasting here).
+    ///         let grad = |x: &Tensor<T>| g.map3(x, &saved, "hypot", |g, x, h| g * x / h);
+    ///         vec![need[0].then(|| grad(&x)), need[1].then(|| grad(&y))]
+    ///     })
+    /// }
+    ///
+    /// let tape = Tape::<f64>::new();
+    /// let a = tape.leaf(Tensor::from_vec(vec![3.0], &[1]));
+    /// let b = tape.leaf(Tensor::from_vec(vec![4.0], &[1]));
+    /// let h = hypot(a, b);
+    /// assert_eq!((h.op(), h.value().data()), ("hypot", &[5.0][..]));
+    /// let g = tape.backward(h.sum_all());
+    /// assert_eq!((g.wrt(a).data(), g.wrt(b).data()), (&[0.6][..], &[0.8][..]));
+    /// ```
     pub fn record<'t>(
         &'t self,
         op: &'static str,
@@ -394,8 +433,10 @@ pub fn no_grad<T: Float, R>(f: impl FnOnce(&Tape<T>) -> R) -> R {
     f(&tape)
 }
 
-/// Asks glibc's allocator (once per process) to keep freed blocks of up to
-/// 32 MiB for reuse instead of handing them back to the kernel.
+/// Opt-in allocator tuning for training binaries: asks glibc's allocator
+/// (once per process; later calls do nothing) to keep freed blocks of up to
+/// 32 MiB for reuse instead of handing them back to the kernel. On other
+/// platforms (not Linux with glibc) it does nothing.
 ///
 /// Why: every op allocates its output afresh, and by default glibc serves
 /// blocks above 128 KiB with `mmap` and frees them with `munmap`, so each
@@ -403,9 +444,17 @@ pub fn no_grad<T: Float, R>(f: impl FnOnce(&Tape<T>) -> R) -> R {
 /// again, and with two threads the page faults serialise on the process's
 /// memory map lock. Measured on W2 with 2 threads (`bench`): 272-303 ms per
 /// step before, 202-214 ms with freed memory kept. Peak memory is unchanged
-/// (what is kept is what the previous step had freed). Other platforms keep
-/// their allocator's defaults.
-fn keep_freed_memory() {
+/// (what is kept is what the previous step had freed).
+///
+/// Why opt-in: it changes the allocator of the whole process, which a
+/// library must not do behind a program's back. Call it first thing in
+/// `main` of a binary that trains or benchmarks.
+///
+/// ```
+/// // First thing in a training binary's `main`:
+/// autograd::retain_freed_memory();
+/// ```
+pub fn retain_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         static ONCE: std::sync::Once = std::sync::Once::new();
@@ -439,6 +488,7 @@ impl<'t, T: Float> Var<'t, T> {
         self.tape.nodes.borrow()[self.id].value.clone()
     }
 
+    /// The value's shape.
     pub fn shape(&self) -> Vec<usize> {
         self.tape.nodes.borrow()[self.id].value.shape().to_vec()
     }
@@ -448,10 +498,12 @@ impl<'t, T: Float> Var<'t, T> {
         self.tape.nodes.borrow()[self.id].value.dim(axis)
     }
 
+    /// The value's number of axes.
     pub fn ndim(&self) -> usize {
         self.tape.nodes.borrow()[self.id].value.ndim()
     }
 
+    /// The tape this var lives on.
     pub fn tape(&self) -> &'t Tape<T> {
         self.tape
     }
@@ -466,6 +518,7 @@ impl<'t, T: Float> Var<'t, T> {
         self.tape.nodes.borrow()[self.id].op
     }
 
+    /// True when gradients flow into this var (it depends on a leaf).
     pub fn requires_grad(&self) -> bool {
         self.tape.nodes.borrow()[self.id].requires_grad
     }
@@ -505,6 +558,7 @@ impl<T: Float> Grads<T> {
         })
     }
 
+    /// The gradient of a parameter, if anything flowed into it.
     pub fn param(&self, p: &Param<T>) -> Option<&Tensor<T>> {
         self.params.get(p)
     }
@@ -514,6 +568,7 @@ impl<T: Float> Grads<T> {
         &self.params
     }
 
+    /// The parameters' gradients, by value.
     pub fn into_params(self) -> ParamGrads<T> {
         self.params
     }
@@ -540,10 +595,12 @@ pub struct ParamGrads<T: Float = f32> {
 }
 
 impl<T: Float> ParamGrads<T> {
+    /// The gradient of a parameter, if present.
     pub fn get(&self, p: &Param<T>) -> Option<&Tensor<T>> {
         self.grads.get(&p.id)
     }
 
+    /// The gradient of the parameter with id `id`, if present.
     pub fn get_id(&self, id: ParamId) -> Option<&Tensor<T>> {
         self.grads.get(&id)
     }
@@ -569,18 +626,22 @@ impl<T: Float> ParamGrads<T> {
         }
     }
 
+    /// The gradients in parameter-id order.
     pub fn iter(&self) -> impl Iterator<Item = (ParamId, &Tensor<T>)> {
         self.grads.iter().map(|(id, g)| (*id, g))
     }
 
+    /// The gradients in parameter-id order, mutably (e.g. to clip them).
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (ParamId, &mut Tensor<T>)> {
         self.grads.iter_mut().map(|(id, g)| (*id, g))
     }
 
+    /// Number of parameters with a gradient.
     pub fn len(&self) -> usize {
         self.grads.len()
     }
 
+    /// True when no parameter has a gradient.
     pub fn is_empty(&self) -> bool {
         self.grads.is_empty()
     }

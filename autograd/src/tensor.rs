@@ -74,14 +74,17 @@ impl<T: Float> Tensor<T> {
         Self::from_vec(vec![v], &[])
     }
 
+    /// A tensor of `shape` with every element `v`.
     pub fn full(shape: &[usize], v: T) -> Self {
         Self::from_vec(vec![v; numel(shape)], shape)
     }
 
+    /// A tensor of `shape` filled with zeros.
     pub fn zeros(shape: &[usize]) -> Self {
         Self::full(shape, T::ZERO)
     }
 
+    /// A tensor of `shape` filled with ones.
     pub fn ones(shape: &[usize]) -> Self {
         Self::full(shape, T::ONE)
     }
@@ -139,14 +142,17 @@ impl<T: Float> Tensor<T> {
         )
     }
 
+    /// The shape (one size per axis; `[]` for a scalar).
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
 
+    /// Number of axes.
     pub fn ndim(&self) -> usize {
         self.shape.len()
     }
 
+    /// Number of elements.
     pub fn numel(&self) -> usize {
         self.data.len()
     }
@@ -161,6 +167,7 @@ impl<T: Float> Tensor<T> {
         resolve_axis(axis, self.ndim(), op, &self.shape)
     }
 
+    /// The elements, row-major.
     pub fn data(&self) -> &[T] {
         &self.data
     }
@@ -171,6 +178,7 @@ impl<T: Float> Tensor<T> {
         Arc::make_mut(&mut self.data).as_mut_slice()
     }
 
+    /// The elements as a fresh `Vec`, row-major.
     pub fn to_vec(&self) -> Vec<T> {
         self.data.to_vec()
     }

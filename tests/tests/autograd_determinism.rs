@@ -167,6 +167,35 @@ fn linear_and_attention_are_thread_independent() {
     });
 }
 
+/// Attention with a learned bias (1, H, T, T), broadcast over the batch: the
+/// bias gradient sums the heads' score gradients over the batch in a fixed
+/// order, so it too is bit-identical on 1 and 2 threads.
+#[test]
+fn attention_biased_is_thread_independent() {
+    let x = Tensor::randn(&[16, 64, 128], 0.0, 1.0, 40);
+    let bias = Tensor::randn(&[1, 8, 64, 64], 0.0, 1.0, 41);
+    let causal: Vec<f32> = (0..64 * 64)
+        .map(|i| if i % 64 > i / 64 { 1.0 } else { 0.0 })
+        .collect();
+    let mask = Tensor::from_vec(causal, &[64, 64]);
+    assert_thread_independent("attention_biased", || {
+        let tape = Tape::new();
+        let q = tape.leaf(x.clone());
+        let k = tape.leaf(x.map(|v| 0.5 * v));
+        let v = tape.leaf(x.map(|v| v * v));
+        let b = tape.leaf(bias.clone());
+        let y = q.attention_biased(k, v, 8, Some(&mask), Some(b));
+        let g = tape.backward_with(y, Tensor::randn(&y.shape(), 0.0, 1.0, 42));
+        vec![
+            y.value(),
+            g.wrt(q).clone(),
+            g.wrt(k).clone(),
+            g.wrt(v).clone(),
+            g.wrt(b).clone(),
+        ]
+    });
+}
+
 /// A small transformer-like graph (f32): embedding, linear + gelu,
 /// layer_norm, attention scores with a causal mask, softmax, matmul,
 /// dropout, output projection tied to the embedding, cross-entropy with

@@ -430,6 +430,98 @@ fn forward_attention() {
     );
 }
 
+#[test]
+fn forward_attention_biased() {
+    let tape = Tape::new();
+    // One query, two keys, two heads of width 1 (scale 1), all scores 0:
+    // the bias alone sets the weights. Bias (1, H, Tq, Tk): head 0 [0, ln 3]
+    // -> p = [1/4, 3/4]; head 1 [ln 3, 0] -> p = [3/4, 1/4]. Values: head 0
+    // [4, 8] -> 7, head 1 [10, 20] -> 12.5.
+    let q = tape.leaf(t64(&[0., 0.], &[1, 1, 2]));
+    let k = tape.leaf(t64(&[1., 2., 3., 4.], &[1, 2, 2]));
+    let v = tape.leaf(t64(&[4., 10., 8., 20.], &[1, 2, 2]));
+    let bias = tape.leaf(t64(&[0., LN3, LN3, 0.], &[1, 2, 1, 2]));
+    let y = q.attention_biased(k, v, 2, None, Some(bias));
+    assert_eq!(y.op(), "attention");
+    assert_values(&y.value(), &[1, 1, 2], &[7., 12.5], 1e-14);
+    // The bias is added after the 1/sqrt(Dk) scaling: one head of width 4
+    // (scale 1/2), scores q . k = [0, 2 ln 3] -> [0, ln 3], plus the bias
+    // (Tq, Tk) = [ln 3, 0] -> [ln 3, ln 3]: equal weights, the mean 6.
+    let q4 = tape.leaf(t64(&[2., 0., 0., 0.], &[1, 1, 4]));
+    let k4 = tape.leaf(t64(&[0., 0., 0., 0., LN3, 0., 0., 0.], &[1, 2, 4]));
+    let v4 = tape.leaf(t64(&[4., 0., 1., 0., 8., 0., 1., 0.], &[1, 2, 4]));
+    let b4 = tape.leaf(t64(&[LN3, 0.], &[1, 2]));
+    assert_values(
+        &q4.attention_biased(k4, v4, 1, None, Some(b4)).value(),
+        &[1, 1, 4],
+        &[6., 0., 1., 0.],
+        1e-14,
+    );
+    // The mask still wins over the bias: key 1 masked -> key 0 only.
+    let m = t64(&[0., 1.], &[1, 2]);
+    assert_values(
+        &q.attention_biased(k, v, 2, Some(&m), Some(bias)).value(),
+        &[1, 1, 2],
+        &[4., 10.],
+        1e-14,
+    );
+    // In f32, one (1, 1, Tq, Tk) bias [0, ln 3] for both heads on equal
+    // scores: weights [1/4, 3/4] in each, [4, 8] -> 7 and [10, 20] -> 17.5.
+    let tape = Tape::<f32>::new();
+    let z = tape.leaf(Tensor::<f32>::zeros(&[1, 1, 2]));
+    let k = tape.leaf(Tensor::<f32>::zeros(&[1, 2, 2]));
+    let v = tape.leaf(t32(&[4., 10., 8., 20.], &[1, 2, 2]));
+    let bias = tape.leaf(t32(&[0., LN3 as f32], &[1, 1, 1, 2]));
+    assert_values(
+        &z.attention_biased(k, v, 2, None, Some(bias)).value(),
+        &[1, 1, 2],
+        &[7., 17.5],
+        1e-6,
+    );
+}
+
+// ---------------------------------------------------------------- Float functions
+
+/// `ln_1p`, `exp_m1`, `erf` and `erfc` against 16-digit literals, in T.
+fn check_float_functions<T: autograd::Float>(tol: f64) {
+    let f = |x: f64| T::from_f64(x);
+    let close = |got: T, want: f64, what: &str| {
+        let got = got.to_f64();
+        assert!(
+            (got - want).abs() <= tol * want.abs(),
+            "{} {what}: got {got:e}, want {want:e}",
+            T::NAME
+        );
+    };
+    // softplus(-50) = ln(1 + e^-50) = 1.928749847963918e-22: ln(1 + e^-50)
+    // with a plain ln rounds 1 + e^-50 to 1 and gives exactly 0.
+    close(
+        f(-50.0).exp().ln_1p(),
+        1.928_749_847_963_917_8e-22,
+        "ln_1p(exp(-50))",
+    );
+    assert_eq!((T::ONE + f(-50.0).exp()).ln(), T::ZERO);
+    close(f(1e-10).ln_1p(), 9.999_999_999_5e-11, "ln_1p(1e-10)");
+    close(f(1.0).ln_1p(), LN2, "ln_1p(1)");
+    close(f(1e-10).exp_m1(), 1.000_000_000_05e-10, "exp_m1(1e-10)");
+    close(f(1.0).exp_m1(), E - 1.0, "exp_m1(1)");
+    close(f(0.5).erf(), 0.520_499_877_813_046_5, "erf(0.5)");
+    close(f(1.0).erf(), 0.842_700_792_949_714_9, "erf(1)");
+    close(f(-2.0).erf(), -0.995_322_265_018_952_7, "erf(-2)");
+    assert_eq!(f(0.0).erf(), T::ZERO);
+    close(f(3.0).erfc(), 2.209_049_699_858_544e-5, "erfc(3)");
+    close(f(0.5).erfc(), 0.479_500_122_186_953_5, "erfc(0.5)");
+}
+
+#[test]
+fn float_ln_1p_exp_m1_erf_erfc() {
+    check_float_functions::<f64>(1e-14);
+    check_float_functions::<f32>(1e-6);
+    // erfc(10) = 2.088487583762545e-45 in f64, where 1 - erf(10) is 0.
+    let e10: f64 = autograd::Float::erfc(10.0);
+    assert!((e10 - 2.088_487_583_762_545e-45).abs() <= 1e-14 * e10);
+}
+
 // ---------------------------------------------------------------- shape ops
 
 #[test]

@@ -1,7 +1,8 @@
 //! Every fused op equals its composition from primitives, in value AND in
 //! gradient (f64, relative tolerance 1e-10), over proptest-generated shapes:
 //! softmax, log_softmax, layer_norm, cross_entropy (label smoothing and an
-//! ignored padding id), linear and multi-head attention (with masks). Plus the stability of softmax / log_softmax /
+//! ignored padding id), linear and multi-head attention (with masks and
+//! with an additive bias). Plus the stability of softmax / log_softmax /
 //! cross_entropy for logits around +-1e4, in f32 and f64.
 
 use autograd::check::strategies::{any_tensor, shape, tensor};
@@ -153,6 +154,27 @@ fn attention_composed<'t>(
     scores.softmax().matmul(v.split_heads(heads)).merge_heads()
 }
 
+/// Biased multi-head attention from primitives: split heads,
+/// `Q K^T / sqrt(Dk)`, `+ bias` (broadcast add), mask to -inf, softmax,
+/// times V, merge heads.
+fn attention_biased_composed<'t>(
+    q: Var<'t, f64>,
+    k: Var<'t, f64>,
+    v: Var<'t, f64>,
+    heads: usize,
+    mask: Option<&Tensor<f64>>,
+    bias: Var<'t, f64>,
+) -> Var<'t, f64> {
+    let dk = q.dim(-1) / heads;
+    let scores = q.split_heads(heads).matmul_t(k.split_heads(heads)) * (1.0 / (dk as f64).sqrt()); // (B, H, Tq, Tk)
+    let scores = scores + bias;
+    let scores = match mask {
+        Some(m) => scores.masked_fill(m, f64::NEG_INFINITY),
+        None => scores,
+    };
+    scores.softmax().matmul(v.split_heads(heads)).merge_heads()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::with_cases(128) })]
 
@@ -259,6 +281,56 @@ proptest! {
             &inputs,
             &move |_, v| v[0].attention(v[1], v[2], heads, m1.as_ref()),
             &move |_, v| attention_composed(v[0], v[1], v[2], heads, m2.as_ref()),
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::with_cases(128) })]
+
+    /// As above with a bias (the fourth input) of shape (B, H, Tq, Tk),
+    /// (1, H, Tq, Tk), (1, 1, Tq, Tk) or (Tq, Tk): values and the gradients
+    /// of q, k, v and the bias agree.
+    #[test]
+    fn attention_biased_equals_its_composition(
+        (inputs, heads, mask) in (1..=2usize, 1..=4usize, 1..=4usize, 1..=3usize, 1..=3usize, 0..4usize, 0..4usize)
+            .prop_flat_map(|(b, tq, tk, h, dk, kind, bias_kind)| {
+                let ms = match kind {
+                    0 => vec![tq, tk],
+                    1 => vec![b, 1, 1, tk],
+                    _ => vec![b, h, tq, tk],
+                };
+                let bs = match bias_kind {
+                    0 => vec![b, h, tq, tk],
+                    1 => vec![1, h, tq, tk],
+                    2 => vec![1, 1, tq, tk],
+                    _ => vec![tq, tk],
+                };
+                let n = if kind == 3 { 0 } else { numel(&ms) };
+                let mask = pvec(proptest::bool::weighted(0.3), n).prop_map(move |bits| {
+                    (!bits.is_empty()).then(|| {
+                        Tensor::from_vec(bits.iter().map(|&m| if m { 1.0 } else { 0.0 }).collect(), &ms)
+                    })
+                });
+                let d = h * dk;
+                (
+                    vec![
+                        tensor(vec![b, tq, d], -2.0, 2.0),
+                        tensor(vec![b, tk, d], -2.0, 2.0),
+                        tensor(vec![b, tk, d], -2.0, 2.0),
+                        tensor(bs, -2.0, 2.0),
+                    ],
+                    Just(h),
+                    mask,
+                )
+            }),
+    ) {
+        let (m1, m2) = (mask.clone(), mask);
+        assert_same(
+            "attention",
+            &inputs,
+            &move |_, v| v[0].attention_biased(v[1], v[2], heads, m1.as_ref(), Some(v[3])),
+            &move |_, v| attention_biased_composed(v[0], v[1], v[2], heads, m2.as_ref(), v[3]),
         );
     }
 }

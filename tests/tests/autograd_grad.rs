@@ -1,105 +1,70 @@
-//! Gradient property tests: every entry of the case table
-//! (`tests::autograd_cases::grad_cases`) is checked with the public
-//! `autograd::check::gradcheck` (f64 central differences, default tolerances:
-//! 1e-6 relative with a 1e-3 absolute floor) over proptest-generated shapes
-//! and values, as the test `grad::<entry name>`.
+//! Gradient property tests: every entry of `autograd::ops::all_cases()` (each
+//! op family's `cases()`, next to the ops) is checked with the public
+//! `autograd::check::cases::run_grad_case`: `gradcheck` (f64 central
+//! differences, default tolerances: 1e-6 relative with a 1e-3 absolute floor)
+//! over proptest-generated shapes and values, the entry's own number of cases.
 //!
+//! This file never needs editing for a new op: it iterates the table.
 //! The coverage test `every_op_has_a_gradient_property_test` fails when an op
-//! of `autograd::ops::all_ops()` has no entry, or an entry has no property
-//! test here.
+//! of `autograd::ops::all_ops()` has no entry, or an entry names an op that is
+//! not in `all_ops()`.
 //!
 //! `PROPTEST_CASES=n` overrides every entry's number of cases (to soak the
-//! suite: `PROPTEST_CASES=2000 cargo test -p tests --test autograd_grad`).
+//! suite: `PROPTEST_CASES=2000 cargo test -p tests --test autograd_grad`);
+//! `GRAD_CASE=name` runs only the entries whose name contains `name`.
 
 use std::collections::BTreeSet;
 
 use autograd::check::GradcheckConfig;
-use autograd::ops::all_ops;
-use proptest::prelude::*;
-use proptest::strategy::ValueTree;
+use autograd::check::cases::run_grad_case;
+use autograd::ops::{all_cases, all_ops};
+use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
-use tests::autograd_cases::{GradCase, grad_cases};
+use rayon::prelude::*;
 
-/// The table entry called `name` (panics if there is none).
-fn entry(name: &str) -> GradCase {
-    grad_cases()
-        .into_iter()
-        .find(|c| c.name == name)
-        .unwrap_or_else(|| panic!("no gradient case named `{name}` in tests::autograd_cases"))
-}
-
-/// Runs the property test of the entry `name`: for every generated case,
-/// `gradcheck` passes and the op under test was recorded.
-fn run_property(name: &str) {
-    let entry = entry(name);
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(entry.cases);
-    let mut config = ProptestConfig::with_cases(cases);
-    config.failure_persistence = None;
-    let mut runner = TestRunner::new(config);
-    let cfg = GradcheckConfig::default();
-    let result = runner.run(&entry.strategy, |case| {
-        let report = case.gradcheck(&cfg);
-        prop_assert!(report.passed(), "{report}");
-        prop_assert!(
-            report.ops.contains(&entry.op),
-            "op `{}` was not recorded: {:?}",
-            entry.op,
-            report.ops
-        );
-        Ok(())
-    });
-    if let Err(e) = result {
-        panic!("gradient property `{name}`: {e}");
-    }
-}
-
-/// Declares one `#[test] fn grad::<name>` per table entry, and the list of
-/// their names for the coverage test.
-macro_rules! grad_properties {
-    ($($name:ident),* $(,)?) => {
-        mod grad {
-            $(
-                #[test]
-                fn $name() {
-                    super::run_property(stringify!($name));
-                }
-            )*
-        }
-        /// Names of the property tests declared above.
-        const PROPERTY_TESTS: &[&str] = &[$(stringify!($name)),*];
-    };
-}
-
-grad_properties! {
-    // elementwise
-    add, sub, mul, div, neg, add_scalar, mul_scalar, pow_scalar,
-    exp, log, sqrt, relu, gelu, tanh, sigmoid,
-    // reductions
-    sum, mean, sum_all, mean_all, max,
-    // matrix products
-    matmul_2d, matmul_batched, matmul_one_side_2d,
-    matmul_t_2d, matmul_t_batched, matmul_t_one_side_2d,
-    linear,
-    // shape ops
-    transpose, permute, reshape, concat, narrow, split_heads, merge_heads,
-    // nn ops
-    softmax, log_softmax, layer_norm, embedding, masked_fill, dropout,
-    cross_entropy, cross_entropy_no_ignore,
-    // fused attention
-    attention, attention_masked,
+/// Runs the property test of every entry, in parallel over entries, and
+/// reports every failing entry (not just the first).
+#[test]
+fn every_gradient_case_passes() {
+    let filter = std::env::var("GRAD_CASE").unwrap_or_default();
+    let names: Vec<&'static str> = all_cases()
+        .iter()
+        .map(|e| e.name)
+        .filter(|n| n.contains(filter.as_str()))
+        .collect();
+    assert!(
+        !names.is_empty(),
+        "no gradient case matches GRAD_CASE={filter:?}"
+    );
+    // A `GradCase` holds a boxed strategy (not `Send`): each task builds the
+    // table afresh and runs its own entry.
+    let failures: Vec<String> = names
+        .par_iter()
+        .filter_map(|&name| {
+            let entry = all_cases()
+                .into_iter()
+                .find(|e| e.name == name)
+                .expect("entry present");
+            run_grad_case(&entry).err()
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} gradient properties failed:\n\n{}",
+        failures.len(),
+        names.len(),
+        failures.join("\n\n")
+    );
 }
 
 /// Runs one fixed draw (deterministic runner) of every table entry, and
 /// checks that together they exercise every op, that every op has an entry
-/// of its own, and that every entry has a property test above.
+/// of its own, that every entry names a real op, and that names are unique.
 #[test]
 fn every_op_has_a_gradient_property_test() {
     let cfg = GradcheckConfig::default();
     let mut runner = TestRunner::deterministic();
-    let table = grad_cases();
+    let table = all_cases();
     let mut recorded = BTreeSet::new();
     for entry in &table {
         let case = entry
@@ -137,7 +102,7 @@ fn every_op_has_a_gradient_property_test() {
         .collect();
     assert!(
         without_entry.is_empty(),
-        "ops without a gradient case of their own in tests::autograd_cases: {without_entry:?}"
+        "ops without a gradient case of their own (add one to the family's `cases()`): {without_entry:?}"
     );
     let unknown: Vec<&str> = with_entry
         .iter()
@@ -148,15 +113,23 @@ fn every_op_has_a_gradient_property_test() {
         unknown.is_empty(),
         "gradient cases name ops missing from all_ops(): {unknown:?}"
     );
-    let untested: Vec<&str> = table
-        .iter()
-        .map(|e| e.name)
-        .filter(|name| !PROPERTY_TESTS.contains(name))
-        .collect();
-    assert!(
-        untested.is_empty(),
-        "gradient cases without a property test in autograd_grad.rs: {untested:?}"
-    );
     let names: BTreeSet<&str> = table.iter().map(|e| e.name).collect();
     assert_eq!(names.len(), table.len(), "duplicate case names");
+}
+
+/// The table keeps every entry it had when it lived in the tests crate (44:
+/// 22 of 128 proptest cases, 22 of 256) plus the two biased-attention
+/// entries (256 each): a guard against an entry being dropped by accident
+/// while moving them. Update the counts when adding an entry.
+#[test]
+fn the_table_keeps_its_entries() {
+    let table = all_cases();
+    let count = |n: u32| table.iter().filter(|e| e.cases == n).count();
+    assert_eq!(
+        table.len(),
+        46,
+        "{:?}",
+        table.iter().map(|e| e.name).collect::<Vec<_>>()
+    );
+    assert_eq!((count(128), count(256)), (22, 24));
 }

@@ -6,6 +6,7 @@ use std::ops::{Add, Div, Mul, Neg, Sub};
 
 use crate::{Float, Tensor, Var};
 
+/// The op names of this family (see [`crate::ops::all_ops`]).
 pub const OPS: &[&str] = &[
     "add",
     "sub",
@@ -33,8 +34,46 @@ const GELU_A: f64 = 0.044_715;
 // below and call them.
 #[allow(clippy::should_implement_trait)]
 impl<'t, T: Float> Var<'t, T> {
-    /// A pointwise op `y = f(x)` whose derivative is `df(x, y)`.
-    fn pointwise(
+    /// Records a pointwise op `y = f(x)` named `op`, whose derivative is
+    /// `df(x, y)` (given both the input and the output, so an op like `exp`
+    /// or `tanh` can reuse `y`). Backward is `dx = g * df(x, y)`, elementwise.
+    /// This is how the built-in unary ops are written, and the way to add
+    /// one from outside the crate: a method on [`Var`] through an extension
+    /// trait. `op` names the node on the tape ([`Var::op`], anomaly reports,
+    /// coverage checks). For ops with several inputs, see [`Tape::record`].
+    ///
+    /// [`Tape::record`]: crate::Tape::record
+    ///
+    /// ```
+    /// use autograd::{Float, Tape, Tensor, Var};
+    ///
+    /// /// softplus(x) = ln(1 + e^x), with derivative sigmoid(x).
+    /// trait Softplus {
+    ///     fn softplus(self) -> Self;
+    /// }
+    ///
+    /// impl<'t, T: Float> Softplus for Var<'t, T> {
+    ///     fn softplus(self) -> Self {
+    ///         self.pointwise(
+    ///             "softplus",
+    ///             // max(x, 0) + ln(1 + e^-|x|): no overflow for large x,
+    ///             // no loss of the tiny value for very negative x.
+    ///             |x| x.max(T::ZERO) + (-x.abs()).exp().ln_1p(),
+    ///             |x, _| T::ONE / (T::ONE + (-x).exp()),
+    ///         )
+    ///     }
+    /// }
+    ///
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.leaf(Tensor::from_vec(vec![0.0, -50.0], &[2]));
+    /// let y = x.softplus();
+    /// assert_eq!(y.op(), "softplus");
+    /// assert_eq!(y.value().data()[0], 2f64.ln());
+    /// assert!(y.value().data()[1] > 1.9e-22); // not rounded to 0
+    /// let g = tape.backward(y.sum_all());
+    /// assert_eq!(g.wrt(x).data()[0], 0.5); // sigmoid(0)
+    /// ```
+    pub fn pointwise(
         self,
         op: &'static str,
         f: impl Fn(T) -> T + Sync + Send,
@@ -106,6 +145,7 @@ impl<'t, T: Float> Var<'t, T> {
             })
     }
 
+    /// `-x`.
     pub fn neg(self) -> Var<'t, T> {
         let out = self.value().map(|x| -x);
         self.tape()
@@ -136,6 +176,7 @@ impl<'t, T: Float> Var<'t, T> {
         )
     }
 
+    /// `e^x`.
     pub fn exp(self) -> Var<'t, T> {
         self.pointwise("exp", |x| x.exp(), |_, y| y)
     }
@@ -145,6 +186,7 @@ impl<'t, T: Float> Var<'t, T> {
         self.pointwise("log", |x| x.ln(), |x, _| T::ONE / x)
     }
 
+    /// Square root (x > 0).
     pub fn sqrt(self) -> Var<'t, T> {
         self.pointwise("sqrt", |x| x.sqrt(), |_, y| T::from_f64(0.5) / y)
     }
@@ -173,6 +215,7 @@ impl<'t, T: Float> Var<'t, T> {
         )
     }
 
+    /// Hyperbolic tangent.
     pub fn tanh(self) -> Var<'t, T> {
         self.pointwise("tanh", |x| x.tanh(), |_, y| T::ONE - y * y)
     }
@@ -286,4 +329,35 @@ impl<T: Float> Tensor<T> {
     pub fn scale(&self, c: T) -> Tensor<T> {
         self.map(|x| x * c)
     }
+}
+
+/// The gradient property entries of this family (feature `proptest`): run
+/// by the test suite through [`crate::ops::all_cases`].
+#[cfg(feature = "proptest")]
+#[rustfmt::skip]
+pub fn cases() -> Vec<crate::check::cases::GradCase> {
+    use crate::check::cases::{GradCase, Values::*, binary, unary, with_scalar, UNIT, CASES, MORE};
+    let e = GradCase::new;
+    let positive = Uniform(0.2, 3.0);
+    let wide = Uniform(-3.0, 3.0);
+    vec![
+        // Elementwise, binary (broadcasting); division away from its pole.
+        e("add", "add", MORE, binary("add", |a, b| a + b, UNIT)),
+        e("sub", "sub", MORE, binary("sub", |a, b| a - b, UNIT)),
+        e("mul", "mul", MORE, binary("mul", |a, b| a * b, UNIT)),
+        e("div", "div", MORE, binary("div", |a, b| a / b, AwayFromZero(0.5, 2.0))),
+        // Elementwise, unary: log, sqrt and pow on positive inputs, relu
+        // away from its kink.
+        e("neg", "neg", CASES, unary("neg", |x| -x, UNIT, 4, 3)),
+        e("add_scalar", "add_scalar", CASES, with_scalar("add_scalar", |x, c| x + c, UNIT, -3.0..=3.0)),
+        e("mul_scalar", "mul_scalar", CASES, with_scalar("mul_scalar", |x, c| x * c, UNIT, -3.0..=3.0)),
+        e("pow_scalar", "pow_scalar", CASES, with_scalar("pow_scalar", |x, p| x.pow_scalar(p), Uniform(0.5, 2.0), -2.5..=2.5)),
+        e("exp", "exp", CASES, unary("exp", |x| x.exp(), UNIT, 4, 3)),
+        e("log", "log", CASES, unary("log", |x| x.log(), positive, 4, 3)),
+        e("sqrt", "sqrt", CASES, unary("sqrt", |x| x.sqrt(), positive, 4, 3)),
+        e("relu", "relu", CASES, unary("relu", |x| x.relu(), AwayFromZero(0.1, 2.0), 4, 3)),
+        e("gelu", "gelu", CASES, unary("gelu", |x| x.gelu(), wide, 4, 3)),
+        e("tanh", "tanh", CASES, unary("tanh", |x| x.tanh(), wide, 4, 3)),
+        e("sigmoid", "sigmoid", CASES, unary("sigmoid", |x| x.sigmoid(), wide, 4, 3)),
+    ]
 }

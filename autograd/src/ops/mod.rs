@@ -1,8 +1,10 @@
 //! The differentiable ops, one file per family. Each op is a method on
 //! [`Var`](crate::Var) whose forward and backward (VJP) sit side by side.
 //!
-//! Every family lists its op names in `OPS`; [`all_ops`] joins them so the
-//! test suite can fail when an op has no gradient property test.
+//! Every family lists its op names in `OPS` and (feature `proptest`) owns
+//! its gradient property entries in `cases()`; [`all_ops`] and
+//! `all_cases` join them, and the test suite runs every entry and fails
+//! when an op has none. Adding an op touches its family's file only.
 
 pub mod attention;
 pub mod elementwise;
@@ -22,4 +24,22 @@ pub fn all_ops() -> Vec<&'static str> {
         attention::OPS,
     ]
     .concat()
+}
+
+/// Every gradient property entry of every family, in family order
+/// (feature `proptest`). Each op of [`all_ops`] has at least one entry whose
+/// `op` is its name (checked by the test suite).
+#[cfg(feature = "proptest")]
+pub fn all_cases() -> Vec<crate::check::cases::GradCase> {
+    [
+        elementwise::cases(),
+        reduce::cases(),
+        matmul::cases(),
+        shape::cases(),
+        nn::cases(),
+        attention::cases(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }

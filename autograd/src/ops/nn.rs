@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use crate::tensor::numel;
 use crate::{Float, Tensor, Var};
 
+/// The op names of this family (see [`crate::ops::all_ops`]).
 pub const OPS: &[&str] = &[
     "softmax",
     "log_softmax",
@@ -379,5 +380,198 @@ impl<'t, T: Float> Var<'t, T> {
                 vec![Some(Tensor::from_vec(dx, x.shape()))]
             },
         )
+    }
+}
+
+/// The gradient property entries of this family (feature `proptest`): run
+/// by the test suite through [`crate::ops::all_cases`].
+#[cfg(feature = "proptest")]
+#[rustfmt::skip]
+pub fn cases() -> Vec<crate::check::cases::GradCase> {
+    use crate::check::cases::{GradCase, Values::*, unary, CASES, MORE};
+    let e = GradCase::new;
+    let wide = Uniform(-3.0, 3.0);
+    vec![
+        // Neural-network ops.
+        e("softmax", "softmax", MORE, unary("softmax", |x| x.softmax(), wide, 3, 4)),
+        e("log_softmax", "log_softmax", MORE, unary("log_softmax", |x| x.log_softmax(), wide, 3, 4)),
+        e("layer_norm", "layer_norm", MORE, strategies::layer_norm_case()),
+        e("embedding", "embedding", MORE, strategies::embedding_case()),
+        e("masked_fill", "masked_fill", MORE, strategies::masked_fill_case()),
+        e("dropout", "dropout", CASES, strategies::dropout_case()),
+        e("cross_entropy", "cross_entropy", MORE, strategies::cross_entropy_case("cross_entropy", true)),
+        e("cross_entropy_no_ignore", "cross_entropy", CASES, strategies::cross_entropy_case("cross_entropy_no_ignore", false)),
+    ]
+}
+
+/// The strategies of this family's gradient entries.
+#[cfg(feature = "proptest")]
+mod strategies {
+    use proptest::collection::vec as pvec;
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+    use rand::rngs::Xoshiro256PlusPlus;
+
+    use crate::Tensor;
+    use crate::check::cases::{Case, UNIT, Values};
+    use crate::check::strategies::shape;
+    use crate::tensor::numel;
+
+    /// The padding id of the cross-entropy cases: class 0, as in most
+    /// vocabularies (so the pad id is also a real column of the logits).
+    pub(super) const PAD: usize = 0;
+
+    /// `layer_norm` over the last axis (D <= 4, D = 1 included) with random
+    /// gain and bias. Row values are pairwise distinct, so the variance is
+    /// bounded away from 0 (except D = 1, where the output is the bias) and
+    /// the normalisation is not ill-conditioned.
+    pub(super) fn layer_norm_case() -> BoxedStrategy<Case> {
+        shape(3, 4)
+            .prop_flat_map(|s| {
+                let d = s[s.len() - 1];
+                (
+                    Values::Distinct(0.25).tensor(s),
+                    UNIT.tensor(vec![d]),
+                    UNIT.tensor(vec![d]),
+                )
+            })
+            .prop_map(|(x, gain, bias)| {
+                Case::new("layer_norm", "eps 1e-5", vec![x, gain, bias], |_, v| {
+                    v[0].layer_norm(v[1], v[2], 1e-5)
+                })
+            })
+            .boxed()
+    }
+
+    /// `embedding` of a (V, D) table with ids of shape (R, C) or (R * C);
+    /// at least one id is repeated, so the scatter-add must sum.
+    pub(super) fn embedding_case() -> BoxedStrategy<Case> {
+        (1..=3usize, 1..=3usize, 1..=2usize, 2..=3usize)
+            .prop_flat_map(|(vocab, d, rows, cols)| {
+                (
+                    UNIT.tensor(vec![vocab, d]),
+                    pvec(0..vocab, rows * cols),
+                    Just(vec![rows, cols]),
+                    any::<bool>(),
+                )
+            })
+            .prop_map(|(table, mut ids, ids_shape, flat)| {
+                let n = ids.len();
+                if (1..n).all(|i| !ids[..i].contains(&ids[i])) {
+                    ids[n - 1] = ids[0]; // force a repeated id
+                }
+                let ids_shape = if flat { vec![n] } else { ids_shape };
+                Case::new(
+                    "embedding",
+                    format!("ids {ids:?} shape {ids_shape:?}"),
+                    vec![table],
+                    move |_, v| v[0].embedding(&ids, &ids_shape),
+                )
+            })
+            .boxed()
+    }
+
+    /// `masked_fill` with a random 0/1 mask whose shape broadcasts to the
+    /// input's (leading axes dropped, some axes size 1). Fill values are
+    /// moderate: see the module docs.
+    pub(super) fn masked_fill_case() -> BoxedStrategy<Case> {
+        shape(3, 3)
+            .prop_flat_map(|s| {
+                let n = s.len();
+                (
+                    UNIT.tensor(s.clone()),
+                    Just(s),
+                    0..n,
+                    pvec(any::<bool>(), n),
+                    prop_oneof![Just(-5.0), Just(0.0), Just(2.5)],
+                )
+            })
+            .prop_flat_map(|(x, s, drop, ones, value)| {
+                let ms: Vec<usize> = s
+                    .iter()
+                    .zip(&ones)
+                    .skip(drop)
+                    .map(|(&d, &one)| if one { 1 } else { d })
+                    .collect();
+                let mask = pvec(any::<bool>(), numel(&ms)).prop_map(move |bits| {
+                    let data = bits
+                        .into_iter()
+                        .map(|b| if b { 1.0 } else { 0.0 })
+                        .collect();
+                    Tensor::from_vec(data, &ms)
+                });
+                (Just(x), mask, Just(value))
+            })
+            .prop_map(|(x, mask, value)| {
+                Case::new(
+                    "masked_fill",
+                    format!("mask {mask:?} ({:?}), value {value}", mask.data()),
+                    vec![x],
+                    move |_, v| v[0].masked_fill(&mask, value),
+                )
+            })
+            .boxed()
+    }
+
+    /// Training-mode `dropout`. The rng is seeded *inside* the closure, so
+    /// every evaluation of `gradcheck` draws the same mask.
+    pub(super) fn dropout_case() -> BoxedStrategy<Case> {
+        (
+            shape(3, 4).prop_flat_map(|s| UNIT.tensor(s)),
+            0.1..=0.7f64,
+            any::<u64>(),
+        )
+            .prop_map(|(x, p, seed)| {
+                Case::new(
+                    "dropout",
+                    format!("p {p}, seed {seed}"),
+                    vec![x],
+                    move |_, v| {
+                        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+                        v[0].dropout(p, true, &mut rng)
+                    },
+                )
+            })
+            .boxed()
+    }
+
+    /// `cross_entropy` of logits (R, V) or (B, T, V), V in 2..=5, with label
+    /// smoothing in [0, 0.3]. With `ignore`, at least one target is the
+    /// padding id [`PAD`] and at least one is not.
+    pub(super) fn cross_entropy_case(name: &'static str, ignore: bool) -> BoxedStrategy<Case> {
+        (
+            1..=2usize,
+            2..=3usize,
+            2..=5usize,
+            any::<bool>(),
+            0.0..=0.3f64,
+        )
+            .prop_flat_map(|(b, t, v, flat, eps)| {
+                let rows = b * t;
+                let lead = if flat { vec![rows] } else { vec![b, t] };
+                (
+                    Values::Uniform(-3.0, 3.0).tensor([lead, vec![v]].concat()),
+                    pvec(0..v, rows),
+                    0..rows,
+                    1..rows,
+                    1..v,
+                    Just(eps),
+                )
+            })
+            .prop_map(move |(logits, mut targets, pad_at, offset, class, eps)| {
+                let ignore = ignore.then_some(PAD);
+                if ignore.is_some() {
+                    let rows = targets.len();
+                    targets[pad_at] = PAD;
+                    targets[(pad_at + offset) % rows] = class; // class >= 1: not padding
+                }
+                Case::new(
+                    name,
+                    format!("targets {targets:?}, ignore {ignore:?}, eps {eps}"),
+                    vec![logits],
+                    move |_, v| v[0].cross_entropy(&targets, ignore, eps),
+                )
+            })
+            .boxed()
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::{Float, Tensor, Var};
 
+/// The op names of this family (see [`crate::ops::all_ops`]).
 pub const OPS: &[&str] = &["sum", "mean", "sum_all", "mean_all", "max"];
 
 /// The shape with `axis` kept as size 1.
@@ -83,4 +84,21 @@ impl<'t, T: Float> Var<'t, T> {
             vec![Some(Tensor::from_vec(dx, &in_shape))]
         })
     }
+}
+
+/// The gradient property entries of this family (feature `proptest`): run
+/// by the test suite through [`crate::ops::all_cases`].
+#[cfg(feature = "proptest")]
+#[rustfmt::skip]
+pub fn cases() -> Vec<crate::check::cases::GradCase> {
+    use crate::check::cases::{GradCase, Values::*, over_axis, unary, UNIT, CASES, MORE};
+    let e = GradCase::new;
+    vec![
+        // Reductions; max without ties.
+        e("sum", "sum", MORE, over_axis("sum", |x, a, k| x.sum(a, k), UNIT)),
+        e("mean", "mean", MORE, over_axis("mean", |x, a, k| x.mean(a, k), UNIT)),
+        e("sum_all", "sum_all", CASES, unary("sum_all", |x| x.sum_all(), UNIT, 4, 3)),
+        e("mean_all", "mean_all", CASES, unary("mean_all", |x| x.mean_all(), UNIT, 4, 3)),
+        e("max", "max", MORE, over_axis("max", |x, a, k| x.max(a, k), Distinct(0.1))),
+    ]
 }
