@@ -10,6 +10,8 @@ use transformer::synthetic::{COPY_STEPS, COPY_VOCAB, copy_batch, copy_task_confi
 use transformer::{Trainer, rng};
 
 fn main() -> Result<(), String> {
+    // Training binaries opt in to keeping freed memory (faster steps).
+    autograd::retain_freed_memory();
     let (model, train) = copy_task_configs();
     let mut trainer = Trainer::new(model, train, 42)?;
     let mut data = rng(1);

@@ -16,7 +16,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use autograd::{Tape, Tensor, matmul_into, matmul_shape, numel};
+use autograd::{Tape, Tensor, Transpose, matmul_into, matmul_shape, numel};
 use clap::{Parser, ValueEnum};
 use rand::RngExt;
 use transformer::{
@@ -239,19 +239,19 @@ fn model_row(
 /// `reps` calls (a sample lasting >= 60 ms); returns (median ms per call,
 /// min, max, GFLOP/s).
 fn time_gemm(a: &Tensor<f32>, b: &Tensor<f32>) -> (f64, f64, f64, f64) {
-    let shape = matmul_shape(a, b, false, false, "bench");
+    let shape = matmul_shape(a, b, Transpose::No, Transpose::No, "bench");
     let mut c = vec![0f32; numel(&shape)];
     let flops = 2.0 * (c.len() * a.shape()[a.ndim() - 1]) as f64;
-    matmul_into(a, b, false, false, "bench", &mut c);
+    matmul_into(a, b, Transpose::No, Transpose::No, "bench", &mut c);
     let t = Instant::now();
-    matmul_into(a, b, false, false, "bench", &mut c);
+    matmul_into(a, b, Transpose::No, Transpose::No, "bench", &mut c);
     let once = t.elapsed().as_secs_f64();
     let reps = ((0.06 / once.max(1e-9)).ceil() as usize).max(1);
     let mut samples: Vec<f64> = (0..9)
         .map(|_| {
             let t = Instant::now();
             for _ in 0..reps {
-                matmul_into(a, b, false, false, "bench", &mut c);
+                matmul_into(a, b, Transpose::No, Transpose::No, "bench", &mut c);
             }
             t.elapsed().as_secs_f64() * 1e3 / reps as f64
         })
@@ -352,6 +352,11 @@ fn json(r: &Row) -> serde_json::Value {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Keep freed activation memory in the process's heap between steps (see
+    // `autograd::retain_freed_memory`: W2 at 2 threads 272-303 -> 202-214
+    // ms per step). A library must not change this for every program that
+    // links it, so the binary opts in, first thing.
+    autograd::retain_freed_memory();
     let args = Args::parse();
     if args.threads == 0 || args.steps == 0 {
         return Err("--threads and --steps must be at least 1".into());

@@ -134,14 +134,13 @@ impl<T: Float> MultiHeadAttention<T> {
         mask: Option<&Tensor<T>>,
         bias: Option<Var<'t, T>>,
     ) -> Var<'t, T> {
-        if (ctx.train && self.dropout > 0.0) || bias.is_some() {
-            // TEMP(merge): bias through the composed path until the fused op has it.
+        if ctx.train && self.dropout > 0.0 {
             return self.weights_and_output(ctx, q, kv, mask, bias).0;
         }
         let qp = self.w_q.forward(ctx, q); // (B, Tq, D)
         let kp = self.w_k.forward(ctx, kv); // (B, Tk, D)
         let vp = self.w_v.forward(ctx, kv); // (B, Tk, D)
-        let out = qp.attention(kp, vp, self.heads, mask); // (B, Tq, D)
+        let out = qp.attention_biased(kp, vp, self.heads, mask, bias); // (B, Tq, D)
         self.w_o.forward(ctx, out)
     }
 
