@@ -24,7 +24,7 @@
 //! and resumes a checkpoint; `cargo test` runs the tests.
 
 use autograd::{Float, Tensor, Var};
-use transformer::synthetic::{CopyTrial, TRIAL_STEPS, copy_trial, copy_trial_config};
+use transformer::synthetic::{CopyTrial, copy_trial_with};
 use transformer::{
     AttentionBlock, Ctx, ModelConfig, Module, MultiHeadAttention, Registry, Rng, Visitor,
 };
@@ -98,10 +98,7 @@ fn config(base: ModelConfig) -> ModelConfig {
 
 /// Trains, checkpoints, resumes and decodes (see `copy_trial`).
 fn trial() -> Result<CopyTrial, String> {
-    let mut registry = Registry::builtin();
-    register(&mut registry);
-    let (model, train) = copy_trial_config();
-    copy_trial(&registry, config(model), train, TRIAL_STEPS)
+    copy_trial_with(&Registry::builtin().with(register), config)
 }
 
 fn main() -> Result<(), String> {
@@ -170,8 +167,7 @@ mod tests {
     /// Every parameter of a whole (tiny) Transformer with ALiBi, in f64.
     #[test]
     fn gradient_of_the_whole_model() {
-        let mut registry = Registry::<f64>::builtin();
-        register(&mut registry);
+        let registry = Registry::<f64>::builtin().with(register);
         let cfg = config(ModelConfig::for_gradcheck(7, 7));
         let report = gradcheck_transformer(&cfg, &registry, 7, &GradcheckConfig::default());
         assert!(report.passed(), "{report}");

@@ -15,7 +15,7 @@
 //! at the bottom.
 
 use autograd::{Float, Param, Tensor, Var};
-use transformer::synthetic::{CopyTrial, TRIAL_STEPS, copy_trial, copy_trial_config};
+use transformer::synthetic::{CopyTrial, copy_trial_with};
 use transformer::{Ctx, ModelConfig, Module, NormBlock, Registry, Visitor};
 
 /// RMSNorm over the last axis.
@@ -56,22 +56,17 @@ pub fn register<T: Float>(registry: &mut Registry<T>) {
     registry.norm("rms", |c, _| Box::new(RmsNorm::new(c.d_model, c.norm_eps)));
 }
 
-/// The copy-task model with RMSNorm in every Add & Norm.
-fn config() -> (ModelConfig, transformer::TrainConfig) {
-    let (model, train) = copy_trial_config();
-    let model = ModelConfig {
+/// A model config with the block named in its slot.
+fn config(base: ModelConfig) -> ModelConfig {
+    ModelConfig {
         norm: "rms".into(),
-        ..model
-    };
-    (model, train)
+        ..base
+    }
 }
 
 /// Trains, checkpoints, resumes and decodes (see `copy_trial`).
 fn trial() -> Result<CopyTrial, String> {
-    let mut registry = Registry::builtin();
-    register(&mut registry);
-    let (model, train) = config();
-    copy_trial(&registry, model, train, TRIAL_STEPS)
+    copy_trial_with(&Registry::builtin().with(register), config)
 }
 
 fn main() -> Result<(), String> {
@@ -115,12 +110,8 @@ mod tests {
     /// Every parameter of a whole (tiny) Transformer with RMSNorm, in f64.
     #[test]
     fn gradient_of_the_whole_model() {
-        let mut registry = Registry::<f64>::builtin();
-        register(&mut registry);
-        let cfg = ModelConfig {
-            norm: "rms".into(),
-            ..ModelConfig::for_gradcheck(7, 7)
-        };
+        let registry = Registry::<f64>::builtin().with(register);
+        let cfg = config(ModelConfig::for_gradcheck(7, 7));
         let report = gradcheck_transformer(&cfg, &registry, 3, &GradcheckConfig::default());
         assert!(report.passed(), "{report}");
     }

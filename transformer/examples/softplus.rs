@@ -14,7 +14,7 @@
 //! test` runs the tests.
 
 use autograd::{Float, Var};
-use transformer::synthetic::{CopyTrial, TRIAL_STEPS, copy_trial, copy_trial_config};
+use transformer::synthetic::{CopyTrial, copy_trial_with};
 use transformer::{Ctx, FeedForwardBlock, Linear, ModelConfig, Module, Registry, Rng, Visitor};
 
 /// The op, as an extension trait on `Var` (any element type).
@@ -68,16 +68,17 @@ pub fn register<T: Float>(registry: &mut Registry<T>) {
     });
 }
 
+/// A model config with the block named in its slot.
+fn config(base: ModelConfig) -> ModelConfig {
+    ModelConfig {
+        feed_forward: "softplus".into(),
+        ..base
+    }
+}
+
 /// Trains, checkpoints, resumes and decodes (see `copy_trial`).
 fn trial() -> Result<CopyTrial, String> {
-    let mut registry = Registry::builtin();
-    register(&mut registry);
-    let (model, train) = copy_trial_config();
-    let model = ModelConfig {
-        feed_forward: "softplus".into(),
-        ..model
-    };
-    copy_trial(&registry, model, train, TRIAL_STEPS)
+    copy_trial_with(&Registry::builtin().with(register), config)
 }
 
 fn main() -> Result<(), String> {
@@ -129,12 +130,8 @@ mod tests {
     /// Every parameter of a whole (tiny) Transformer with the block, in f64.
     #[test]
     fn gradient_of_the_whole_model() {
-        let mut registry = Registry::<f64>::builtin();
-        register(&mut registry);
-        let cfg = ModelConfig {
-            feed_forward: "softplus".into(),
-            ..ModelConfig::for_gradcheck(7, 7)
-        };
+        let registry = Registry::<f64>::builtin().with(register);
+        let cfg = config(ModelConfig::for_gradcheck(7, 7));
         let report = gradcheck_transformer(&cfg, &registry, 11, &GradcheckConfig::default());
         assert!(report.passed(), "{report}");
         assert!(report.ops.contains(&"softplus"), "{:?}", report.ops);

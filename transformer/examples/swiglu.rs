@@ -10,7 +10,7 @@
 //! copy task, saves and resumes a checkpoint; `cargo test` runs the tests.
 
 use autograd::{Float, Var};
-use transformer::synthetic::{CopyTrial, TRIAL_STEPS, copy_trial, copy_trial_config};
+use transformer::synthetic::{CopyTrial, copy_trial_with};
 use transformer::{Ctx, FeedForwardBlock, Linear, ModelConfig, Module, Registry, Rng, Visitor};
 
 /// The gated feed-forward block.
@@ -64,16 +64,17 @@ pub fn register<T: Float>(registry: &mut Registry<T>) {
     });
 }
 
+/// A model config with the block named in its slot.
+fn config(base: ModelConfig) -> ModelConfig {
+    ModelConfig {
+        feed_forward: "swiglu".into(),
+        ..base
+    }
+}
+
 /// Trains, checkpoints, resumes and decodes (see `copy_trial`).
 fn trial() -> Result<CopyTrial, String> {
-    let mut registry = Registry::builtin();
-    register(&mut registry);
-    let (model, train) = copy_trial_config();
-    let model = ModelConfig {
-        feed_forward: "swiglu".into(),
-        ..model
-    };
-    copy_trial(&registry, model, train, TRIAL_STEPS)
+    copy_trial_with(&Registry::builtin().with(register), config)
 }
 
 fn main() -> Result<(), String> {
@@ -114,12 +115,8 @@ mod tests {
     /// Every parameter of a whole (tiny) Transformer with SwiGLU, in f64.
     #[test]
     fn gradient_of_the_whole_model() {
-        let mut registry = Registry::<f64>::builtin();
-        register(&mut registry);
-        let cfg = ModelConfig {
-            feed_forward: "swiglu".into(),
-            ..ModelConfig::for_gradcheck(7, 7)
-        };
+        let registry = Registry::<f64>::builtin().with(register);
+        let cfg = config(ModelConfig::for_gradcheck(7, 7));
         let report = gradcheck_transformer(&cfg, &registry, 5, &GradcheckConfig::default());
         assert!(report.passed(), "{report}");
         assert!(report.ops.contains(&"sigmoid"), "{:?}", report.ops);

@@ -205,6 +205,25 @@ pub fn copy_trial_config() -> (ModelConfig, TrainConfig) {
     (model, train)
 }
 
+/// [`copy_trial`] of the standard recipe ([`copy_trial_config`],
+/// [`TRIAL_STEPS`] steps), the model config changed by `tweak` (to name a
+/// user's block).
+///
+/// ```no_run
+/// use transformer::{ModelConfig, Registry};
+/// use transformer::synthetic::copy_trial_with;
+/// let t = copy_trial_with(&Registry::builtin(), |c| ModelConfig { feed_forward: "gelu".into(), ..c })?;
+/// assert!(t.resumed_identical);
+/// # Ok::<(), String>(())
+/// ```
+pub fn copy_trial_with(
+    registry: &Registry<f32>,
+    tweak: impl FnOnce(ModelConfig) -> ModelConfig,
+) -> Result<CopyTrial, String> {
+    let (model, train) = copy_trial_config();
+    copy_trial(registry, tweak(model), train, TRIAL_STEPS)
+}
+
 /// Trains a model whose blocks come from `registry` on the copy task for
 /// `steps` steps (batches of 32 strings of 2 to 8 symbols), saving a
 /// checkpoint half-way (in a fresh directory under the system's temporary

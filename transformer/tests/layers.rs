@@ -17,39 +17,18 @@ use std::cell::RefCell;
 use autograd::check::{GradcheckConfig, strategies};
 use autograd::{Tape, Tensor, Var};
 use proptest::prelude::*;
+mod common;
+use common::{NormKind, mode};
 use transformer::{
     Activation, AddNorm, BatchNorm, Ctx, Embedding, Entry, FeedForward, LayerNorm, Linear, Mode,
-    ModelConfig, Module, MultiHeadAttention, NoNorm, NormBlock, NormScope, Placement,
-    PositionalEncoding, PositionalKind, Transformer, Tying, Visitor, Wiring, causal_mask,
-    gradcheck_module, mask_union, named_params, named_tensors, padding_mask, param_count, rng,
-    sinusoidal_table,
+    ModelConfig, Module, MultiHeadAttention, NormScope, Placement, PositionalEncoding,
+    PositionalKind, Transformer, Tying, Visitor, Wiring, causal_mask, gradcheck_module, mask_union,
+    named_params, named_tensors, padding_mask, param_count, rng, sinusoidal_table,
 };
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// The built-in norms, for loops over every wiring.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum NormKind {
-    Layer,
-    Batch,
-    None,
-}
-
-impl NormKind {
-    fn build(self, d: usize) -> Box<dyn NormBlock<f64>> {
-        match self {
-            NormKind::Layer => Box::new(LayerNorm::new(d, 1e-5)),
-            NormKind::Batch => Box::new(BatchNorm::new(d, 1e-5, 0.1)),
-            NormKind::None => Box::new(NoNorm),
-        }
-    }
-}
-
-fn mode(train: bool) -> Mode {
-    if train { Mode::Train } else { Mode::Eval }
-}
 
 /// proptest settings: `cases` cases (`PROPTEST_CASES=n` overrides, to soak
 /// the suite), no regression files written.

@@ -15,34 +15,12 @@
 use autograd::check::{GradcheckConfig, GradcheckReport};
 use autograd::{Float, Tape, Tensor};
 use proptest::prelude::*;
+mod common;
+use common::{NormKind, mode};
 use transformer::{
     Ctx, Mode, ModelConfig, NormScope, Placement, TokenBatch, Transformer, Tying, gradcheck_module,
     named_params, named_tensors, param_count,
 };
-
-/// The built-in norms, for loops over every wiring.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum NormKind {
-    Layer,
-    Batch,
-    None,
-}
-
-impl NormKind {
-    /// The registry name.
-    fn name(self) -> String {
-        match self {
-            NormKind::Layer => "layer",
-            NormKind::Batch => "batch",
-            NormKind::None => "none",
-        }
-        .into()
-    }
-}
-
-fn mode(train: bool) -> Mode {
-    if train { Mode::Train } else { Mode::Eval }
-}
 
 const PAD: usize = 0;
 const BOS: usize = 1;

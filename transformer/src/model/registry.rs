@@ -147,6 +147,21 @@ impl<T: Float> Registry<T> {
         r
     }
 
+    /// The registry after `register` added to it: reads well for a
+    /// user's `register` function, `Registry::builtin().with(my_blocks)`.
+    ///
+    /// ```
+    /// use transformer::{NoNorm, Registry};
+    /// let r = Registry::<f32>::builtin().with(|r| {
+    ///     r.norm("identity", |_, _| Box::new(NoNorm));
+    /// });
+    /// assert!(r.names()[1].contains(&"identity"));
+    /// ```
+    pub fn with(mut self, register: impl FnOnce(&mut Self)) -> Self {
+        register(&mut self);
+        self
+    }
+
     /// Registers a feed-forward block under `name` (the config's
     /// `feed_forward`).
     pub fn feed_forward(
