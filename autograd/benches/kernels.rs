@@ -39,6 +39,9 @@ fn fwd_bwd(
 }
 
 fn kernels(c: &mut Criterion) {
+    // As the training binaries do (and as Tape::new did implicitly before
+    // it became an opt-in): keep freed activation memory in the heap.
+    autograd::retain_freed_memory();
     let x = Tensor::<f32>::randn(&[B, T, D], 0.0, 1.0, 1); // (B, T, D)
     let w = Tensor::<f32>::randn(&[D, F], 0.0, 0.05, 2); // (D, F)
     let bias = Tensor::<f32>::zeros(&[F]);
