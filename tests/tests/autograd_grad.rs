@@ -119,17 +119,14 @@ fn every_op_has_a_gradient_property_test() {
 
 /// The table keeps every entry it had when it lived in the tests crate (44:
 /// 22 of 128 proptest cases, 22 of 256) plus the two biased-attention
-/// entries (256 each): a guard against an entry being dropped by accident
-/// while moving them. Update the counts when adding an entry.
+/// entries (256 each): a guard against entries being dropped by accident.
+/// Lower bounds, so that adding an op (and its entries) still touches only
+/// its own file.
 #[test]
 fn the_table_keeps_its_entries() {
     let table = all_cases();
     let count = |n: u32| table.iter().filter(|e| e.cases == n).count();
-    assert_eq!(
-        table.len(),
-        46,
-        "{:?}",
-        table.iter().map(|e| e.name).collect::<Vec<_>>()
-    );
-    assert_eq!((count(128), count(256)), (22, 24));
+    let names: Vec<&str> = table.iter().map(|e| e.name).collect();
+    assert!(table.len() >= 46, "{} entries: {names:?}", table.len());
+    assert!(count(128) >= 22 && count(256) >= 24, "{names:?}");
 }
