@@ -36,4 +36,4 @@ pub use kernels::{MatRef, Transpose, broadcast_shapes, gemm, matmul_into, matmul
 pub use tape::{
     Anomaly, BackwardFn, Grads, Param, ParamGrads, ParamId, Tape, Var, no_grad, retain_freed_memory,
 };
-pub use tensor::{Tensor, numel, strides};
+pub use tensor::{Tensor, checked_numel, numel, strides};

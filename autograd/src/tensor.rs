@@ -29,9 +29,25 @@ pub struct Tensor<T: Float = f32> {
     shape: Vec<usize>,
 }
 
-/// Number of elements of a shape (1 for the scalar shape `[]`).
+/// Number of elements of a shape (1 for the scalar shape `[]`), or `None`
+/// when the product does not fit a `usize`. Sizes computed from outside data
+/// (files, configs) go through this.
+///
+/// ```
+/// assert_eq!(autograd::checked_numel(&[2, 3]), Some(6));
+/// assert_eq!(autograd::checked_numel(&[1 << 59, 32]), None); // would wrap to 0
+/// ```
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
+/// Number of elements of a shape (1 for the scalar shape `[]`). Panics,
+/// naming the shape, when the product overflows `usize` (unchecked, a shape
+/// like `[2^59, 32]` would wrap to 0 elements in a release build).
 pub fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+    checked_numel(shape).unwrap_or_else(|| {
+        panic!("numel: shape {shape:?} has more elements than a usize can count")
+    })
 }
 
 /// Row-major strides of a contiguous tensor of this shape.
@@ -55,12 +71,17 @@ impl<T: Float> Tensor<T> {
 
     /// Like [`Tensor::from_vec`] but returns an error message instead of panicking.
     pub fn try_from_vec(data: Vec<T>, shape: &[usize]) -> Result<Self, String> {
-        if data.len() != numel(shape) {
+        let Some(n) = checked_numel(shape) else {
+            return Err(format!(
+                "Tensor::from_vec: shape {shape:?} has more elements than a usize can count"
+            ));
+        };
+        if data.len() != n {
             return Err(format!(
                 "Tensor::from_vec: {} elements do not fill shape {:?} ({} elements)",
                 data.len(),
                 shape,
-                numel(shape)
+                n
             ));
         }
         Ok(Tensor {

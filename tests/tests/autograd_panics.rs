@@ -218,3 +218,33 @@ fn attention_mask_that_does_not_broadcast() {
     let (q, k) = (tape.leaf(z(&[1, 2, 4])), tape.leaf(z(&[1, 3, 4])));
     let _ = q.attention(k, k, 2, Some(&z(&[2, 2])));
 }
+
+// Issue 10, finding 2: sizes that overflow `usize` used to wrap silently in
+// release builds ([2^59, 32] -> 0 elements, so a "tensor" with no storage).
+
+#[test]
+#[should_panic(
+    expected = "numel: shape [576460752303423488, 32] has more elements than a usize can count"
+)]
+fn a_shape_whose_size_overflows_panics_naming_it() {
+    let _ = z(&[1 << 59, 32]);
+}
+
+#[test]
+fn from_outside_an_overflowing_shape_is_an_error_naming_it() {
+    let shape = [1usize << 59, 32];
+    assert_eq!(autograd::checked_numel(&shape), None);
+    assert_eq!(autograd::checked_numel(&[1 << 31, 1 << 31]), Some(1 << 62));
+    let err = Tensor::<f32>::try_from_vec(vec![], &shape).unwrap_err();
+    assert!(
+        err.contains("[576460752303423488, 32]") && err.contains("more elements than"),
+        "{err}"
+    );
+    // An empty shape axis is still legal: zero elements, nothing overflows.
+    assert_eq!(
+        Tensor::<f32>::try_from_vec(vec![], &[0, 1 << 62])
+            .unwrap()
+            .numel(),
+        0
+    );
+}

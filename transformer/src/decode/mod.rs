@@ -113,6 +113,11 @@ pub fn beam(
     alpha: f64,
 ) -> Vec<Hypothesis> {
     assert!(k > 0, "beam: beam size must be at least 1");
+    // A NaN alpha would silently make every score NaN (issue 10).
+    assert!(
+        alpha.is_finite(),
+        "beam: length-penalty alpha = {alpha} must be finite (the paper uses 0.6)"
+    );
     let n = max_len.len();
     // Live beams per source: (prefix, log_prob).
     // A source allowed no output at all starts (and ends) with the empty one.

@@ -10,6 +10,29 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// The largest sizes [`ModelConfig::validate`] accepts: far above anything
+/// this framework trains on a CPU (the paper's big model has d_model 1024,
+/// d_ff 4096, 6 + 6 layers, 213M parameters), low enough that no config
+/// (from a file, a checkpoint or a command line) can make the process
+/// abort on an impossible allocation.
+pub mod limits {
+    /// Model width.
+    pub const D_MODEL: usize = 1 << 16;
+    /// Attention heads.
+    pub const HEADS: usize = 1 << 10;
+    /// Feed-forward inner width.
+    pub const D_FF: usize = 1 << 18;
+    /// Layers per stack.
+    pub const LAYERS: usize = 1 << 10;
+    /// Vocabulary size (source or target).
+    pub const VOCAB: usize = 1 << 24;
+    /// Longest sequence (positional tables).
+    pub const MAX_LEN: usize = 1 << 16;
+    /// Numbers the built-in parts of a model may hold (parameters plus
+    /// position tables): 2^30, 4 GiB in f32.
+    pub const ELEMENTS: usize = 1 << 30;
+}
+
 /// Where the norm named by `ModelConfig::norm` applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -225,7 +248,69 @@ impl ModelConfig {
         self.extra.get(name).copied().unwrap_or(default)
     }
 
-    /// Checks the config; the message says what to change.
+    /// The parameters the config's parts whose size it fixes hold
+    /// (embeddings, generator, learned positions) plus those of every
+    /// *built-in* block it names (a user's block counts 0: its size is its
+    /// own). A lower bound on the model's parameter count; exact for the
+    /// built-in blocks. Computed in `u128`, so no size overflows.
+    ///
+    /// ```
+    /// use transformer::{param_count, ModelConfig, Transformer};
+    /// let c = ModelConfig::tiny(12, 10);
+    /// let mut m = Transformer::<f32>::new(&c, 0).unwrap();
+    /// assert_eq!(c.builtin_param_count(), param_count(&mut m) as u128);
+    /// ```
+    pub fn builtin_param_count(&self) -> u128 {
+        let n = |x: usize| x as u128;
+        let (d, f) = (n(self.d_model), n(self.d_ff));
+        let mut p = n(self.src_vocab) * d;
+        if self.tying != Tying::All {
+            p += n(self.tgt_vocab) * d;
+        }
+        if self.tying == Tying::None {
+            p += d * n(self.tgt_vocab) + n(self.tgt_vocab);
+        }
+        if self.positional == "learned" {
+            p += 2 * n(self.max_len) * d;
+        }
+        let attn = if self.self_attention == "mha" {
+            4 * (d * d + d)
+        } else {
+            0
+        };
+        let cross = if self.cross_attention == "mha" {
+            4 * (d * d + d)
+        } else {
+            0
+        };
+        let ffn = match self.feed_forward.as_str() {
+            "relu" | "gelu" => 2 * d * f + f + d,
+            _ => 0,
+        };
+        let norm = |name: &str| match name {
+            "layer" | "batch" => 2 * d,
+            _ => 0,
+        };
+        let (ne, nd) = (norm(self.encoder_norm()), norm(self.decoder_norm()));
+        let pre = self.placement == Placement::Pre;
+        p += n(self.encoder_layers) * (attn + ffn + 2 * ne) + if pre { ne } else { 0 };
+        p += n(self.decoder_layers) * (attn + cross + ffn + 3 * nd) + if pre { nd } else { 0 };
+        p
+    }
+
+    /// [`ModelConfig::builtin_param_count`] plus the fixed sinusoidal
+    /// tables (two of max_len x D), which are allocated but not parameters.
+    fn builtin_elements(&self) -> u128 {
+        let tables = if self.positional == "sinusoidal" {
+            2 * self.max_len as u128 * self.d_model as u128
+        } else {
+            0
+        };
+        self.builtin_param_count() + tables
+    }
+
+    /// Checks the config; the message says what to change. Every size is
+    /// bounded by [`limits`], before anything is allocated.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
             ("d_model", self.d_model),
@@ -239,6 +324,36 @@ impl ModelConfig {
             if v == 0 {
                 return Err(format!("config: {name} must be at least 1"));
             }
+        }
+        // Bounds before anything is allocated: a config read from a file
+        // (a checkpoint's) must not be able to abort the process with a
+        // huge allocation (issue 10).
+        let bounded = [
+            ("d_model", self.d_model, limits::D_MODEL),
+            ("heads", self.heads, limits::HEADS),
+            ("d_ff", self.d_ff, limits::D_FF),
+            ("encoder_layers", self.encoder_layers, limits::LAYERS),
+            ("decoder_layers", self.decoder_layers, limits::LAYERS),
+            ("src_vocab", self.src_vocab, limits::VOCAB),
+            ("tgt_vocab", self.tgt_vocab, limits::VOCAB),
+            ("max_len", self.max_len, limits::MAX_LEN),
+        ];
+        for (name, v, max) in bounded {
+            if v > max {
+                return Err(format!(
+                    "config: {name} = {v} is above the supported maximum of {max} \
+                     (transformer::model::limits)"
+                ));
+            }
+        }
+        let elements = self.builtin_elements();
+        if elements > limits::ELEMENTS as u128 {
+            return Err(format!(
+                "config: the model would hold about {elements} numbers (parameters and \
+                 position tables), above the supported maximum of {} (4 GiB in f32; \
+                 transformer::model::limits)",
+                limits::ELEMENTS
+            ));
         }
         if !self.d_model.is_multiple_of(self.heads) {
             return Err(format!(

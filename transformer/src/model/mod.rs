@@ -16,7 +16,7 @@ mod transformer;
 
 pub use batch::TokenBatch;
 pub use blocks::{AddNorm, AttentionBlock, FeedForwardBlock, NormBlock, PositionalBlock, Wiring};
-pub use config::{ModelConfig, NormScope, Placement, Tying};
+pub use config::{ModelConfig, NormScope, Placement, Tying, limits};
 pub use registry::{
     AttentionBuilder, FeedForwardBuilder, NormBuilder, PositionalBuilder, Registry,
 };

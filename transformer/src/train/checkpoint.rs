@@ -721,8 +721,24 @@ impl<C: DeserializeOwned> Checkpoint<C> {
                 source,
             }
         };
+        // Opening a FIFO for reading blocks until a writer comes (forever,
+        // usually), and a device can be endless: refuse anything but a
+        // regular file before opening it (issue 10).
+        let not_regular = || {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file (a directory, FIFO, socket or device)",
+            )
+        };
+        if !fs::metadata(path).map_err(io_err("inspect"))?.is_file() {
+            return Err(io_err("open")(not_regular()));
+        }
         let mut file = File::open(path).map_err(io_err("open"))?;
-        let size = file.metadata().map_err(io_err("inspect"))?.len();
+        let meta = file.metadata().map_err(io_err("inspect"))?;
+        if !meta.is_file() {
+            return Err(io_err("open")(not_regular()));
+        }
+        let size = meta.len();
         let mut head = vec![0u8; (size as usize).min(HEADER_LEN)];
         file.read_exact(&mut head).map_err(io_err("read"))?;
         let (len, checksum) = parse_header(&head, size.saturating_sub(HEADER_LEN as u64))?;
@@ -735,7 +751,29 @@ impl<C: DeserializeOwned> Checkpoint<C> {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// The file a path finally names, following symbolic links (at most 40, as
+/// the kernel does), also when the last target does not exist yet.
+fn resolve_links(path: &Path) -> PathBuf {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        let is_link = fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink());
+        let Some(target) = is_link.then(|| fs::read_link(&p).ok()).flatten() else {
+            break;
+        };
+        p = match p.parent() {
+            Some(dir) if target.is_relative() => dir.join(target),
+            _ => target,
+        };
+    }
+    p
+}
+
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    // Saving through a link (`runs/x/latest -> step-N.ckpt`) updates the
+    // file it points to and keeps the link: renaming the temporary file
+    // over the link itself would replace the link with a regular file and
+    // leave its target stale (issue 10).
+    let path = &resolve_links(path);
     let io_err = |path: &Path, action: &'static str| {
         let path = path.to_path_buf();
         move |source| CheckpointError::Io {

@@ -7,7 +7,7 @@
 use autograd::Tape;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::checkpoint::{Checkpoint, CheckpointError, TensorKind};
 use crate::optim::{Adam, AdamConfig, clip_grad_norm};
 use crate::schedule::Schedule;
 use crate::{Ctx, EvalStats, Mode, ModelConfig, Registry, Rng, TokenBatch, Transformer};
@@ -35,6 +35,39 @@ impl TrainConfig {
             smoothing: 0.1,
             clip_norm: None,
         }
+    }
+
+    /// Checks every field, naming the one to change: the optimiser's and
+    /// the schedule's settings, `smoothing` in [0, 1), `clip_norm`
+    /// positive and finite. [`Trainer::new`] calls it, so a bad setting
+    /// fails before the first step instead of panicking in it.
+    ///
+    /// ```
+    /// use transformer::TrainConfig;
+    /// let bad = TrainConfig { smoothing: f64::NAN, ..TrainConfig::paper(32) };
+    /// assert!(bad.validate().unwrap_err().contains("smoothing"));
+    /// ```
+    pub fn validate(&self) -> Result<(), String> {
+        // Written so that NaN fails each test.
+        if !(self.smoothing >= 0.0 && self.smoothing < 1.0) {
+            return Err(format!(
+                "train config: smoothing = {} must be in [0, 1) (the paper uses 0.1)",
+                self.smoothing
+            ));
+        }
+        if let Some(c) = self.clip_norm
+            && !(c.is_finite() && c > 0.0)
+        {
+            return Err(format!(
+                "train config: clip_norm = {c} must be positive and finite (or none)"
+            ));
+        }
+        self.optimizer
+            .validate()
+            .map_err(|e| format!("train config: optimizer: {e}"))?;
+        self.schedule
+            .validate()
+            .map_err(|e| format!("train config: {e}"))
     }
 }
 
@@ -99,7 +132,7 @@ impl Trainer {
         seed: u64,
         registry: &Registry<f32>,
     ) -> Result<Self, String> {
-        train_config.schedule.validate()?;
+        train_config.validate()?;
         Ok(Trainer {
             model: Transformer::with_registry(&model_config, registry, seed)?,
             opt: Adam::try_new(train_config.optimizer)?,
@@ -197,6 +230,27 @@ impl Trainer {
         let path = path.as_ref();
         let ck: Checkpoint<(ModelConfig, TrainConfig)> = Checkpoint::load(path)?;
         let (model_cfg, train_cfg) = ck.config.clone();
+        // Before building anything: the model the stored config describes
+        // must fit in the tensors the file actually holds, so a small
+        // hostile file cannot make us allocate a huge model (issue 10).
+        // `builtin_param_count` is a lower bound (a user's blocks count 0).
+        model_cfg
+            .validate()
+            .map_err(|e| CheckpointError::Mismatch(e).in_file(path))?;
+        let stored: u128 = ck
+            .tensors
+            .iter()
+            .filter(|t| t.kind == TensorKind::Param)
+            .map(|t| t.data.len() as u128)
+            .sum();
+        let needed = model_cfg.builtin_param_count();
+        if needed > stored {
+            return Err(CheckpointError::Corrupt(format!(
+                "its config describes a model of at least {needed} parameters, but it stores \
+                 only {stored}"
+            ))
+            .in_file(path));
+        }
         let mut t = Trainer::with_registry(model_cfg, train_cfg, 0, registry)
             .map_err(|e| CheckpointError::Mismatch(e).in_file(path))?;
         ck.restore(&mut t.model).map_err(|e| e.in_file(path))?;
