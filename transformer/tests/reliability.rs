@@ -10,7 +10,8 @@ use transformer::optim::Adam;
 use transformer::schedule::Schedule;
 use transformer::synthetic::{COPY_VOCAB, copy_batch};
 use transformer::{
-    ModelConfig, Placement, TrainConfig, Trainer, Transformer, Tying, beam, param_count, rng,
+    ModelConfig, Placement, TokenBatch, TrainConfig, Trainer, Transformer, Tying, beam,
+    param_count, rng,
 };
 
 /// A scratch directory, removed on drop.
@@ -323,4 +324,62 @@ fn loading_a_fifo_or_a_directory_is_a_clean_error_not_a_hang() {
             .expect("must fail");
         assert!(err.contains("not a regular file"), "{err}");
     }
+}
+
+// Finding 3: empty sequences used to panic with `chunk size must be
+// non-zero` (attention over no keys) or a bare slice index.
+
+#[test]
+fn an_empty_source_is_like_a_source_of_padding_only() {
+    let m = Transformer::<f64>::new(&ModelConfig::tiny(10, 10), 3).unwrap();
+    let logits = |src: &TokenBatch| {
+        let tape = autograd::Tape::no_grad();
+        let ctx = transformer::Ctx::eval(&tape);
+        let tgt = TokenBatch::padded(&[vec![1, 4], vec![1]], 0);
+        m.forward(&ctx, src, &tgt).value()
+    };
+    let empty = logits(&TokenBatch::padded(&[vec![], vec![]], 0)); // (2, 0)
+    let padding = logits(&TokenBatch::padded(&[vec![0], vec![0]], 0)); // (2, 1), all padding
+    assert_eq!(empty.shape(), &[2, 2, 10]);
+    assert!(empty.data().iter().all(|x| x.is_finite()));
+    assert!(empty.allclose(&padding, 1e-12, 1e-12));
+    // Decoding an empty source runs too (to the length limit, 0 + 50).
+    let m32 = Transformer::<f32>::new(&ModelConfig::tiny(10, 10), 3).unwrap();
+    let out = m32.greedy_decode(&TokenBatch::padded(&[vec![], vec![]], 0), 1, 2);
+    assert_eq!(out.len(), 2);
+    assert!(
+        out.iter()
+            .all(|h| h.tokens.len() <= 50 && h.log_prob.is_finite())
+    );
+}
+
+#[test]
+fn an_empty_decoder_input_gives_empty_logits() {
+    let m = Transformer::<f32>::new(&ModelConfig::tiny(10, 10), 3).unwrap();
+    let tape = autograd::Tape::no_grad();
+    let ctx = transformer::Ctx::eval(&tape);
+    let src = TokenBatch::padded(&[vec![3, 4], vec![5]], 0);
+    let y = m.forward(&ctx, &src, &TokenBatch::padded(&[vec![], vec![]], 0));
+    assert_eq!(y.shape(), vec![2, 0, 10]);
+}
+
+#[test]
+#[should_panic(expected = "Transformer: the source batch is empty ((B, T) = (0, 0))")]
+fn an_empty_batch_panics_naming_it() {
+    let m = Transformer::<f32>::new(&ModelConfig::tiny(10, 10), 3).unwrap();
+    let tape = autograd::Tape::no_grad();
+    let empty = TokenBatch::padded(&[], 0);
+    m.forward(&transformer::Ctx::eval(&tape), &empty, &empty);
+}
+
+#[test]
+fn attention_over_no_keys_gives_zeros_and_zero_gradients() {
+    let tape = autograd::Tape::<f64>::new();
+    let q = tape.leaf(autograd::Tensor::ones(&[2, 3, 4])); // (B, Tq, D)
+    let kv = tape.leaf(autograd::Tensor::zeros(&[2, 0, 4])); // (B, 0, D)
+    let y = q.attention(kv, kv, 2, None);
+    assert_eq!(y.value(), autograd::Tensor::zeros(&[2, 3, 4]));
+    let g = tape.backward(y.sum_all());
+    assert_eq!(g.wrt(q), &autograd::Tensor::zeros(&[2, 3, 4]));
+    assert_eq!(g.wrt(kv).shape(), &[2, 0, 4]);
 }

@@ -241,7 +241,12 @@ impl<'t, T: Float> Var<'t, T> {
         let mut out = vec![T::ZERO; b * tq * d];
         let mut lse = vec![T::ZERO; b * heads * tq];
         let op = SendPtr(out.as_mut_ptr());
-        lse.par_chunks_mut(tq.max(1))
+        // No queries or no keys (an empty source or target, issue 10): no
+        // scores at all. A query with no key to attend to gets zeros, as a
+        // fully masked row does, and every gradient is zero.
+        let heads_with_scores = if tq == 0 || tk == 0 { 0 } else { b * heads };
+        lse[..heads_with_scores * tq]
+            .par_chunks_mut(tq.max(1))
             .enumerate()
             .for_each(|(bh, lse_h)| {
                 let (bi, h) = (bh / heads, bh % heads);
@@ -288,7 +293,7 @@ impl<'t, T: Float> Var<'t, T> {
                     SendPtr(dv.as_mut_ptr()),
                     SendPtr(dbias.as_mut_ptr()),
                 );
-                (0..b * heads).into_par_iter().for_each(|bh| {
+                (0..heads_with_scores).into_par_iter().for_each(|bh| {
                     let (bi, h) = (bh / heads, bh % heads);
                     let (qo, ko) = (bi * tq * d + h * dk, bi * tk * d + h * dk);
                     // Recompute P from Q, K and the saved log-sum-exp.

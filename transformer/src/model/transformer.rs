@@ -96,8 +96,17 @@ impl<T: Float> Transformer<T> {
     }
 
     /// Checks ids against a vocabulary: a programming error if violated
-    /// (data loaders validate outside input first).
+    /// (data loaders validate outside input first). An empty batch (B = 0)
+    /// is an error too; empty *sequences* are legal: an empty source gives
+    /// the decoder nothing to attend to (cross-attention outputs zeros, as
+    /// for a source of padding only), an empty decoder input gives (B, 0, V)
+    /// logits.
     fn check_ids(ids: &TokenBatch, vocab: usize, what: &str) {
+        assert!(
+            ids.batch > 0,
+            "Transformer: the {what} batch is empty ((B, T) = (0, {})): nothing to run",
+            ids.len
+        );
         if let Some(&bad) = ids.ids.iter().find(|&&i| i >= vocab) {
             panic!("Transformer: {what} id {bad} is outside the vocabulary of {vocab}");
         }
