@@ -383,3 +383,39 @@ fn attention_over_no_keys_gives_zeros_and_zero_gradients() {
     assert_eq!(g.wrt(q), &autograd::Tensor::zeros(&[2, 3, 4]));
     assert_eq!(g.wrt(kv).shape(), &[2, 0, 4]);
 }
+
+// Finding 7: a learning rate of 1e6 drove the loss to 1e13 without a word.
+
+#[test]
+fn a_diverging_run_is_reported_with_its_step() {
+    let run = |lr: f64, steps: usize| {
+        let train = TrainConfig {
+            schedule: Schedule::Constant { lr },
+            ..TrainConfig::paper(32)
+        };
+        let mut t = Trainer::new(ModelConfig::tiny(COPY_VOCAB, COPY_VOCAB), train, 0).unwrap();
+        let mut data = rng(4);
+        let mut flagged = Vec::new();
+        for _ in 0..steps {
+            let b = copy_batch(&mut data, 8, 2, 6, COPY_VOCAB);
+            let s = t.step(&b.src, &b.tgt_in, &b.labels);
+            if let Some(d) = s.divergence {
+                flagged.push((t.step, d, s.loss));
+            }
+        }
+        (t.diverged, flagged)
+    };
+    let (first, flagged) = run(1e6, 40);
+    let (step, how) = first.expect("lr 1e6 must be reported as diverging");
+    assert!(step > 1 && step <= 40, "{step} {how:?}");
+    assert_eq!(flagged[0].0, step);
+    assert!(
+        flagged
+            .iter()
+            .all(|&(_, _, loss)| !loss.is_finite() || loss > 1e3),
+        "{flagged:?}"
+    );
+    // A sane run is never flagged.
+    let (none, flagged) = run(1e-3, 40);
+    assert_eq!(none, None, "{flagged:?}");
+}

@@ -13,4 +13,4 @@ pub use checkpoint::{Checkpoint, CheckpointError, average_checkpoints};
 pub use metrics::EvalStats;
 pub use optim::{Adam, AdamConfig, clip_grad_norm};
 pub use schedule::Schedule;
-pub use trainer::{StepStats, TrainConfig, Trainer};
+pub use trainer::{Divergence, StepStats, TrainConfig, Trainer};

@@ -81,6 +81,62 @@ pub struct StepStats {
     pub lr: f64,
     /// Global gradient norm before clipping (only computed when clipping).
     pub grad_norm: Option<f32>,
+    /// Set when this step's loss says the run is diverging.
+    pub divergence: Option<Divergence>,
+}
+
+/// A training loss that says the run diverged (issue 10): a diverging run
+/// is a result to report, not something to notice by eye in a log.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Divergence {
+    /// The loss is NaN or infinite.
+    NonFinite {
+        /// The loss.
+        loss: f32,
+    },
+    /// The loss is more than [`Divergence::FACTOR`] times the median of the
+    /// last [`Divergence::WINDOW`] finite losses.
+    Exploding {
+        /// The loss.
+        loss: f32,
+        /// The median it is compared with.
+        median: f32,
+    },
+}
+
+impl Divergence {
+    /// How many times the recent median a loss may reach.
+    pub const FACTOR: f32 = 1e3;
+    /// How many recent finite losses the median is taken over.
+    pub const WINDOW: usize = 100;
+    /// Losses needed before the ratio test starts: one, since a 1000-fold
+    /// jump is never noise, and an exploding run (a learning rate of 1e6)
+    /// jumps at its second step. The first step of a run, or of a resumed
+    /// run, is compared with nothing.
+    pub const MIN_HISTORY: usize = 1;
+
+    /// Judges `loss` against the recent finite losses.
+    ///
+    /// ```
+    /// use transformer::train::Divergence;
+    /// let calm = vec![2.0f32; 20];
+    /// assert_eq!(Divergence::check(2.5, &calm), None);
+    /// assert!(matches!(Divergence::check(f32::NAN, &calm), Some(Divergence::NonFinite { .. })));
+    /// assert!(matches!(Divergence::check(1e4, &calm), Some(Divergence::Exploding { .. })));
+    /// assert_eq!(Divergence::check(1e4, &[]), None); // nothing to compare with
+    /// ```
+    pub fn check(loss: f32, recent: &[f32]) -> Option<Divergence> {
+        if !loss.is_finite() {
+            return Some(Divergence::NonFinite { loss });
+        }
+        if recent.len() < Self::MIN_HISTORY {
+            return None;
+        }
+        let mut sorted = recent.to_vec();
+        sorted.sort_by(f32::total_cmp);
+        let median = sorted[sorted.len() / 2];
+        (loss > Self::FACTOR * median.abs()).then_some(Divergence::Exploding { loss, median })
+    }
 }
 
 /// Model + optimiser + schedule + step + RNG.
@@ -111,6 +167,12 @@ pub struct Trainer {
     pub step: u64,
     /// Dropout generator, carried from step to step.
     pub rng: Rng,
+    /// The first step whose loss signalled divergence, and how.
+    pub diverged: Option<(u64, Divergence)>,
+    /// The last finite losses (at most [`Divergence::WINDOW`]), for the
+    /// divergence check. Not checkpointed: after a resume the check
+    /// starts afresh (it never affects the training itself).
+    recent_losses: std::collections::VecDeque<f32>,
 }
 
 impl Trainer {
@@ -139,6 +201,8 @@ impl Trainer {
             config: train_config,
             step: 0,
             rng: crate::rng(seed ^ 0x9e37_79b9_7f4a_7c15),
+            diverged: None,
+            recent_losses: Default::default(),
         })
     }
 
@@ -158,10 +222,21 @@ impl Trainer {
         self.step += 1;
         let lr = self.config.schedule.lr(self.step);
         self.opt.step(&mut self.model, &grads, lr);
+        let divergence = Divergence::check(loss_value, self.recent_losses.make_contiguous());
+        if let Some(d) = divergence {
+            self.diverged.get_or_insert((self.step, d));
+        }
+        if loss_value.is_finite() {
+            if self.recent_losses.len() == Divergence::WINDOW {
+                self.recent_losses.pop_front();
+            }
+            self.recent_losses.push_back(loss_value);
+        }
         StepStats {
             loss: loss_value,
             lr,
             grad_norm,
+            divergence,
         }
     }
 
