@@ -68,7 +68,13 @@ fn killed_savers_never_lose_a_checkpoint_nor_leave_temp_files() {
     let kills = 24;
     for _ in 0..kills {
         let mut child = Command::new(&exe)
-            .args(["child_saves_in_a_loop", "--exact", "--ignored", "--test-threads", "1"])
+            .args([
+                "child_saves_in_a_loop",
+                "--exact",
+                "--ignored",
+                "--test-threads",
+                "1",
+            ])
             .env(DIR_VAR, &dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -82,7 +88,10 @@ fn killed_savers_never_lose_a_checkpoint_nor_leave_temp_files() {
         let ck = Checkpoint::<u64>::load(&path).expect("the checkpoint survives a kill");
         let i = ck.config;
         assert_eq!(ck.step, i);
-        assert!(ck.tensors[0].data.iter().all(|&w| w == i as f32), "state {i} is torn");
+        assert!(
+            ck.tensors[0].data.iter().all(|&w| w == i as f32),
+            "state {i} is torn"
+        );
         assert!(i >= last, "went back from state {last} to {i}");
         last = i;
         std::fs::write(path.with_extension("next"), format!("{}", i + 1)).unwrap();

@@ -50,6 +50,7 @@ use crate::{Entry, Module, Visitor};
 /// assert!(AdamConfig { beta2: 1.0, ..c }.validate().is_err());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdamConfig {
     /// Decay of the first moment (mean of gradients); the paper uses 0.9.
     pub beta1: f64,

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 /// assert_eq!(s.lr(1_000_000), 1e-3);
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum Schedule {
     /// Vaswani et al. (2017), eq. (3), with a scale `factor` (1 in the paper):
     /// `factor * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)`.

@@ -14,6 +14,7 @@ use crate::{Ctx, EvalStats, Mode, ModelConfig, Registry, Rng, TokenBatch, Transf
 
 /// The training hyper-parameters besides the model's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     /// Adam's hyper-parameters.
     pub optimizer: AdamConfig,
