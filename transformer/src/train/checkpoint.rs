@@ -584,16 +584,12 @@ impl<C> Checkpoint<C> {
     /// the optimiser state is well formed.
     fn check_consistent(&self) -> Result<(), CheckpointError> {
         for t in &self.tensors {
-            let numel = t
-                .shape
-                .iter()
-                .try_fold(1usize, |n, &d| n.checked_mul(d))
-                .ok_or_else(|| {
-                    CheckpointError::Corrupt(format!(
-                        "tensor `{}` has an impossible shape {:?}",
-                        t.name, t.shape
-                    ))
-                })?;
+            let numel = autograd::checked_numel(&t.shape).ok_or_else(|| {
+                CheckpointError::Corrupt(format!(
+                    "tensor `{}` has an impossible shape {:?}",
+                    t.name, t.shape
+                ))
+            })?;
             if numel != t.data.len() {
                 return Err(CheckpointError::Corrupt(format!(
                     "tensor `{}` of shape {:?} needs {numel} values but {} are stored",
