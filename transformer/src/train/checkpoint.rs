@@ -726,7 +726,7 @@ impl<C: DeserializeOwned> Checkpoint<C> {
                 "not a regular file (a directory, FIFO, socket or device)",
             )
         };
-        if !fs::metadata(path).map_err(io_err("inspect"))?.is_file() {
+        if !fs::metadata(path).map_err(io_err("open"))?.is_file() {
             return Err(io_err("open")(not_regular()));
         }
         let mut file = File::open(path).map_err(io_err("open"))?;
