@@ -1,7 +1,10 @@
-//! The experiments crate. Today it holds the `bench` binary
+//! The experiments crate. Today it holds [`data`] (the bundled corpora,
+//! read with errors that name file and line) and the `bench` binary
 //! (`src/bin/bench.rs`: the workloads of `experiments/bench/WORKLOADS.md`) and, in
 //! `bench/`, the PyTorch reference and the side-by-side comparison script.
 //! The ablation experiments on the bundled real data are the next issue;
 //! they will live here as a small library plus one binary per experiment.
 
 #![deny(missing_docs)]
+
+pub mod data;
