@@ -1,5 +1,6 @@
 //! The experiments crate. Today it holds [`data`] (the bundled corpora,
-//! read with errors that name file and line) and the `bench` binary
+//! read with errors that name file and line), [`bleu`] (corpus BLEU as
+//! sacreBLEU computes it) and the `bench` binary
 //! (`src/bin/bench.rs`: the workloads of `experiments/bench/WORKLOADS.md`) and, in
 //! `bench/`, the PyTorch reference and the side-by-side comparison script.
 //! The ablation experiments on the bundled real data are the next issue;
@@ -7,4 +8,5 @@
 
 #![deny(missing_docs)]
 
+pub mod bleu;
 pub mod data;
