@@ -54,8 +54,78 @@ impl Seq2SeqBatch {
     }
 }
 
-/// The copy task: random symbol strings of length `min_len..=max_len` over
-/// `vocab - FIRST_SYMBOL` symbols; the target is the source.
+/// A synthetic sequence-to-sequence task over random symbol strings: fast
+/// sanity checks and ablations whose answer is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Task {
+    /// The target is the source.
+    Copy,
+    /// The target is the source backwards: the first output token depends
+    /// on the last input token, the longest-range dependency.
+    Reverse,
+    /// The target is the source sorted (ascending): needs the whole source
+    /// to emit any token, and counting to handle repeats.
+    Sort,
+}
+
+impl Task {
+    /// The target of `src`.
+    ///
+    /// ```
+    /// use transformer::synthetic::Task;
+    /// assert_eq!(Task::Copy.target(&[5, 3, 4]), vec![5, 3, 4]);
+    /// assert_eq!(Task::Reverse.target(&[5, 3, 4]), vec![4, 3, 5]);
+    /// assert_eq!(Task::Sort.target(&[5, 3, 4, 3]), vec![3, 3, 4, 5]);
+    /// ```
+    pub fn target(self, src: &[usize]) -> Vec<usize> {
+        let mut t = src.to_vec();
+        match self {
+            Task::Copy => {}
+            Task::Reverse => t.reverse(),
+            Task::Sort => t.sort_unstable(),
+        }
+        t
+    }
+}
+
+/// A batch of `task`: `batch` random strings of length `min_len..=max_len`
+/// over the symbols `FIRST_SYMBOL..vocab`, drawn from `rng` (the same seed
+/// gives the same sources for every task).
+///
+/// ```
+/// use transformer::synthetic::{task_batch, Task};
+/// let b = task_batch(Task::Reverse, &mut transformer::rng(0), 4, 2, 5, 10);
+/// let n = b.targets[0].len();
+/// let mut src = b.src.row(0)[..n].to_vec();
+/// src.reverse();
+/// assert_eq!(b.targets[0], src);
+/// ```
+pub fn task_batch(
+    task: Task,
+    rng: &mut Rng,
+    batch: usize,
+    min_len: usize,
+    max_len: usize,
+    vocab: usize,
+) -> Seq2SeqBatch {
+    assert!(
+        vocab > FIRST_SYMBOL && min_len <= max_len,
+        "task_batch: vocab {vocab} has no symbols or lengths {min_len}..={max_len} are empty"
+    );
+    let pairs: Vec<(Vec<usize>, Vec<usize>)> = (0..batch)
+        .map(|_| {
+            let n = rng.random_range(min_len..=max_len);
+            let s: Vec<usize> = (0..n)
+                .map(|_| rng.random_range(FIRST_SYMBOL..vocab))
+                .collect();
+            let t = task.target(&s);
+            (s, t)
+        })
+        .collect();
+    Seq2SeqBatch::from_pairs(&pairs)
+}
+
+/// The copy task ([`task_batch`] with [`Task::Copy`]).
 ///
 /// ```
 /// let b = transformer::synthetic::copy_batch(&mut transformer::rng(0), 4, 2, 5, 10);
@@ -69,20 +139,7 @@ pub fn copy_batch(
     max_len: usize,
     vocab: usize,
 ) -> Seq2SeqBatch {
-    assert!(
-        vocab > FIRST_SYMBOL && min_len <= max_len,
-        "copy_batch: bad vocab or lengths"
-    );
-    let pairs: Vec<(Vec<usize>, Vec<usize>)> = (0..batch)
-        .map(|_| {
-            let n = rng.random_range(min_len..=max_len);
-            let s: Vec<usize> = (0..n)
-                .map(|_| rng.random_range(FIRST_SYMBOL..vocab))
-                .collect();
-            (s.clone(), s)
-        })
-        .collect();
-    Seq2SeqBatch::from_pairs(&pairs)
+    task_batch(Task::Copy, rng, batch, min_len, max_len, vocab)
 }
 
 /// Training steps of the copy demo.
