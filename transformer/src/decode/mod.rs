@@ -47,7 +47,7 @@ fn empty_hypothesis(finished: bool) -> Hypothesis {
 }
 
 /// Index of the largest entry (the first one on ties).
-fn argmax(v: &[f32]) -> usize {
+pub(crate) fn argmax(v: &[f32]) -> usize {
     let mut best = 0;
     for (i, &x) in v.iter().enumerate() {
         if x > v[best] {

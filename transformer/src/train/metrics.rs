@@ -61,13 +61,8 @@ impl EvalStats {
                 label < v,
                 "EvalStats::from_logits: label {label} outside the vocabulary of {v}"
             );
-            // First maximum (ties to the lower id, as greedy decoding).
-            let mut best = 0;
-            for (i, &x) in row.iter().enumerate() {
-                if x > row[best] {
-                    best = i;
-                }
-            }
+            // Greedy decoding's choice (the first maximum on ties).
+            let best = crate::decode::argmax(row);
             let mx = f64::from(row[best]);
             let lse = mx
                 + row
