@@ -1,6 +1,7 @@
 //! The experiments crate. Today it holds [`data`] (the bundled corpora,
-//! read with errors that name file and line), [`bleu`] (corpus BLEU as
-//! sacreBLEU computes it) and the `bench` binary
+//! read with errors that name file and line), [`bleu`] (corpus BLEU and
+//! chrF as sacreBLEU computes them), [`batching`] (token-budget batches
+//! bucketed by length, with masks) and the `bench` binary
 //! (`src/bin/bench.rs`: the workloads of `experiments/bench/WORKLOADS.md`) and, in
 //! `bench/`, the PyTorch reference and the side-by-side comparison script.
 //! The ablation experiments on the bundled real data are the next issue;
@@ -8,5 +9,6 @@
 
 #![deny(missing_docs)]
 
+pub mod batching;
 pub mod bleu;
 pub mod data;
