@@ -1,14 +1,37 @@
-//! The experiments crate. Today it holds [`data`] (the bundled corpora,
-//! read with errors that name file and line), [`bleu`] (corpus BLEU and
-//! chrF as sacreBLEU computes them), [`batching`] (token-budget batches
-//! bucketed by length, with masks) and the `bench` binary
-//! (`src/bin/bench.rs`: the workloads of `experiments/bench/WORKLOADS.md`) and, in
-//! `bench/`, the PyTorch reference and the side-by-side comparison script.
-//! The ablation experiments on the bundled real data are the next issue;
-//! they will live here as a small library plus one binary per experiment.
+//! The experiments crate: the research loop on real data, one module per
+//! concern, and thin binaries in `src/bin/`.
+//!
+//! - [`data`]: the bundled corpora, read as hostile input (errors name
+//!   file and line, checksums verified);
+//! - [`vocab`]: character, word and BPE vocabularies (BPE by the Hugging
+//!   Face `tokenizers` crate), trained on the training split only;
+//! - [`batching`]: token-budget batches bucketed by length, shuffled by
+//!   seed, with masks;
+//! - [`config`]: one serde config per run (presets, TOML, `--set`
+//!   overrides), validated before anything starts;
+//! - [`corpus`]: from a config to encoded data;
+//! - [`train`]: the training loop (run folder, progress bar, validation,
+//!   best checkpoint, `metrics.csv`, bit-for-bit resume, divergence);
+//! - [`evaluate`]: perplexity per token / word / character, accuracy,
+//!   exact match, greedy and beam BLEU and chrF, samples;
+//! - [`bleu`]: corpus BLEU and chrF as sacreBLEU computes them;
+//! - [`report`]: `metrics.csv`, SVG plots (plotters), markdown tables;
+//! - [`summary`]: `summary.json` and a run's `report.md`;
+//! - [`cli`]: the flags the binaries share.
+//!
+//! Binaries: `translate`, `lm`, `copy_task`, `report`, and `bench` (the
+//! workloads of `experiments/bench/WORKLOADS.md`).
 
 #![deny(missing_docs)]
 
 pub mod batching;
 pub mod bleu;
+pub mod cli;
+pub mod config;
+pub mod corpus;
 pub mod data;
+pub mod evaluate;
+pub mod report;
+pub mod summary;
+pub mod train;
+pub mod vocab;

@@ -89,7 +89,8 @@ pub struct ModelConfig {
     pub heads: usize,
     /// Inner width of the feed-forward network.
     pub d_ff: usize,
-    /// Encoder layers N (6 in the paper).
+    /// Encoder layers N (6 in the paper). 0 makes a decoder-only model
+    /// (a GPT-style language model, [`ModelConfig::decoder_only`]).
     pub encoder_layers: usize,
     /// Decoder layers N (6 in the paper).
     pub decoder_layers: usize,
@@ -221,6 +222,27 @@ impl ModelConfig {
         }
     }
 
+    /// A decoder-only model (`encoder_layers == 0`, the layout of GPT,
+    /// Radford et al. 2018): no encoder and no cross-attention sublayers;
+    /// the source batch must be empty, (B, 0), and the decoder is a causal
+    /// language model over `tgt_vocab`.
+    ///
+    /// ```
+    /// use autograd::Tape;
+    /// use transformer::{Ctx, ModelConfig, TokenBatch, Transformer};
+    /// let cfg = ModelConfig { encoder_layers: 0, ..ModelConfig::tiny(12, 12) };
+    /// assert!(cfg.decoder_only());
+    /// let model = Transformer::<f32>::new(&cfg, 0).unwrap();
+    /// let tape = Tape::new();
+    /// let ctx = Ctx::eval(&tape);
+    /// let no_source = TokenBatch::new(vec![], 2, 0); // (B, 0)
+    /// let ids = TokenBatch::padded(&[vec![1, 5, 6], vec![1, 7]], 0);
+    /// assert_eq!(model.forward(&ctx, &no_source, &ids).shape(), vec![2, 3, 12]);
+    /// ```
+    pub fn decoder_only(&self) -> bool {
+        self.encoder_layers == 0
+    }
+
     /// The norm block (registry name) of the encoder's sublayers.
     pub fn encoder_norm(&self) -> &str {
         &self.norm
@@ -278,7 +300,7 @@ impl ModelConfig {
         } else {
             0
         };
-        let cross = if self.cross_attention == "mha" {
+        let cross = if self.cross_attention == "mha" && !self.decoder_only() {
             4 * (d * d + d)
         } else {
             0
@@ -293,8 +315,12 @@ impl ModelConfig {
         };
         let (ne, nd) = (norm(self.encoder_norm()), norm(self.decoder_norm()));
         let pre = self.placement == Placement::Pre;
-        p += n(self.encoder_layers) * (attn + ffn + 2 * ne) + if pre { ne } else { 0 };
-        p += n(self.decoder_layers) * (attn + cross + ffn + 3 * nd) + if pre { nd } else { 0 };
+        // A stack's final norm (pre-norm) exists only when it has layers.
+        let final_norm = |layers: usize, norm: u128| if pre && layers > 0 { norm } else { 0 };
+        let sublayers = if self.decoder_only() { 2 } else { 3 };
+        p += n(self.encoder_layers) * (attn + ffn + 2 * ne) + final_norm(self.encoder_layers, ne);
+        p += n(self.decoder_layers) * (attn + cross + ffn + sublayers * nd)
+            + final_norm(self.decoder_layers, nd);
         p
     }
 

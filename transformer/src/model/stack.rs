@@ -114,18 +114,20 @@ pub struct DecoderMasks<'a, T: Float> {
 }
 
 /// One decoder layer: masked self-attention, cross-attention, feed-forward.
+/// In a decoder-only model ([`ModelConfig::decoder_only`]: no encoder, the
+/// GPT layout of Radford et al. 2018) there is no cross-attention sublayer.
 pub struct DecoderLayer<T: Float = f32> {
     /// The masked self-attention block.
     pub self_attn: Box<dyn AttentionBlock<T>>,
     /// The cross-attention block (queries from the decoder, keys and values
-    /// from the encoder's memory).
-    pub cross_attn: Box<dyn AttentionBlock<T>>,
+    /// from the encoder's memory); `None` in a decoder-only model.
+    pub cross_attn: Option<Box<dyn AttentionBlock<T>>>,
     /// The feed-forward block.
     pub ffn: Box<dyn FeedForwardBlock<T>>,
     /// Add & Norm around `self_attn`.
     pub self_attn_norm: AddNorm<T>,
-    /// Add & Norm around `cross_attn`.
-    pub cross_attn_norm: AddNorm<T>,
+    /// Add & Norm around `cross_attn` (`None` with it).
+    pub cross_attn_norm: Option<AddNorm<T>>,
     /// Add & Norm around `ffn`.
     pub ffn_norm: AddNorm<T>,
 }
@@ -134,12 +136,20 @@ impl<T: Float> DecoderLayer<T> {
     /// The layer the config describes, its blocks built by `registry`.
     pub fn new(c: &ModelConfig, registry: &Registry<T>, rng: &mut Rng) -> Self {
         let norm = c.decoder_norm();
+        let cross = !c.decoder_only();
+        // Built in this order whether or not the layer has cross-attention,
+        // so an encoder-decoder model draws its weights exactly as before.
+        let self_attn = registry.build_attention(&c.self_attention, c, rng);
+        let cross_attn = cross.then(|| registry.build_attention(&c.cross_attention, c, rng));
+        let ffn = registry.build_feed_forward(c, rng);
+        let self_attn_norm = add_norm(registry, c, norm, rng);
+        let cross_attn_norm = cross.then(|| add_norm(registry, c, norm, rng));
         DecoderLayer {
-            self_attn: registry.build_attention(&c.self_attention, c, rng),
-            cross_attn: registry.build_attention(&c.cross_attention, c, rng),
-            ffn: registry.build_feed_forward(c, rng),
-            self_attn_norm: add_norm(registry, c, norm, rng),
-            cross_attn_norm: add_norm(registry, c, norm, rng),
+            self_attn,
+            cross_attn,
+            ffn,
+            self_attn_norm,
+            cross_attn_norm,
             ffn_norm: add_norm(registry, c, norm, rng),
         }
     }
@@ -163,13 +173,22 @@ impl<T: Float> DecoderLayer<T> {
         m: &DecoderMasks<'_, T>,
         w: &mut Weights<'t, T>,
     ) -> Var<'t, T> {
-        let (self_attn, cross_attn) = (&*self.self_attn, &*self.cross_attn);
-        let x = self.self_attn_norm.forward(ctx, x, m.tokens, |h| {
+        let self_attn = &*self.self_attn;
+        let mut x = self.self_attn_norm.forward(ctx, x, m.tokens, |h| {
             attend(ctx, self_attn, (h, h), m.self_mask, "self_attn", w)
         });
-        let x = self.cross_attn_norm.forward(ctx, x, m.tokens, |h| {
-            attend(ctx, cross_attn, (h, memory), m.memory_mask, "cross_attn", w)
-        });
+        if let (Some(cross_attn), Some(norm)) = (&self.cross_attn, &self.cross_attn_norm) {
+            x = norm.forward(ctx, x, m.tokens, |h| {
+                attend(
+                    ctx,
+                    &**cross_attn,
+                    (h, memory),
+                    m.memory_mask,
+                    "cross_attn",
+                    w,
+                )
+            });
+        }
         self.ffn_norm
             .forward(ctx, x, m.tokens, |h| self.ffn.forward(ctx, h))
     }
@@ -178,10 +197,14 @@ impl<T: Float> DecoderLayer<T> {
 impl<T: Float> Module<T> for DecoderLayer<T> {
     fn visit(&mut self, v: &mut Visitor<'_, T>) {
         v.module("self_attn", &mut *self.self_attn);
-        v.module("cross_attn", &mut *self.cross_attn);
+        if let Some(a) = &mut self.cross_attn {
+            v.module("cross_attn", &mut **a);
+        }
         v.module("ffn", &mut *self.ffn);
         v.module("self_attn_norm", &mut self.self_attn_norm);
-        v.module("cross_attn_norm", &mut self.cross_attn_norm);
+        if let Some(n) = &mut self.cross_attn_norm {
+            v.module("cross_attn_norm", n);
+        }
         v.module("ffn_norm", &mut self.ffn_norm);
     }
 }
@@ -213,7 +236,9 @@ impl<L, T: Float> Stack<L, T> {
         mut layer: impl FnMut(&mut Rng) -> L,
     ) -> Self {
         let layers = (0..n).map(|_| layer(rng)).collect();
-        let final_norm = (c.placement == Placement::Pre && norm != "none")
+        // An empty stack (the encoder of a decoder-only model) is the
+        // identity: no final norm either.
+        let final_norm = (c.placement == Placement::Pre && norm != "none" && n > 0)
             .then(|| registry.build_norm(norm, c, rng));
         Stack {
             name,

@@ -138,9 +138,24 @@ impl<T: Float> Transformer<T> {
         ctx.dropout(pos.forward(ctx, x), self.config.dropout)
     }
 
-    /// Source ids (B, S) -> memory (B, S, D).
+    /// Source ids (B, S) -> memory (B, S, D). A decoder-only model takes
+    /// an empty source (B, 0) and gives an empty memory (B, 0, D).
     pub fn encode<'t>(&self, ctx: &Ctx<'t, T>, src: &TokenBatch) -> Encoded<'t, T> {
         Self::check_ids(src, self.config.src_vocab, "source");
+        if self.config.decoder_only() {
+            assert!(
+                src.len == 0,
+                "Transformer::encode: a decoder-only model (encoder_layers = 0) takes an empty \
+                 source (B, 0), got (B, S) = ({}, {})",
+                src.batch,
+                src.len
+            );
+            let memory = Tensor::zeros(&[src.batch, 0, self.config.d_model]); // (B, 0, D)
+            return Encoded {
+                memory: ctx.tape.constant(memory),
+                src_mask: None,
+            };
+        }
         let tokens = self.tokens(src);
         let src_mask = tokens
             .as_ref()

@@ -503,6 +503,31 @@ fn update(
     }
 }
 
+/// The global L2 norm of all gradients (summed in f64, in the gradients'
+/// fixed order, so it is the same on any thread count): what clipping
+/// compares with its threshold, and what a run logs every step.
+///
+/// ```
+/// use autograd::{Param, Tape, Tensor};
+/// let w = Param::new(Tensor::from_vec(vec![3.0f32, 4.0], &[2]));
+/// let tape = Tape::new();
+/// let y = (tape.param(&w) * tape.param(&w)).sum_all() * 0.5; // grad = w
+/// let grads = tape.backward(y).into_params();
+/// assert_eq!(transformer::optim::grad_norm(&grads), 5.0);
+/// ```
+pub fn grad_norm(grads: &ParamGrads<f32>) -> f64 {
+    grads
+        .iter()
+        .map(|(_, g)| {
+            g.data()
+                .iter()
+                .map(|&x| (x as f64) * (x as f64))
+                .sum::<f64>()
+        })
+        .sum::<f64>()
+        .sqrt()
+}
+
 /// Scales all gradients together so that their global L2 norm (over every
 /// element of every tensor) is at most `max_norm`, and returns the norm
 /// *before* clipping (as PyTorch's `clip_grad_norm_`).
@@ -532,16 +557,7 @@ pub fn clip_grad_norm(grads: &mut ParamGrads<f32>, max_norm: f32) -> f32 {
         max_norm.is_finite() && max_norm > 0.0,
         "clip_grad_norm: max_norm = {max_norm} must be positive and finite"
     );
-    let sum_sq: f64 = grads
-        .iter()
-        .map(|(_, g)| {
-            g.data()
-                .iter()
-                .map(|&x| (x as f64) * (x as f64))
-                .sum::<f64>()
-        })
-        .sum();
-    let norm = sum_sq.sqrt();
+    let norm = grad_norm(grads);
     if !norm.is_finite() {
         return norm as f32;
     }

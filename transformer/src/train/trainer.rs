@@ -8,7 +8,7 @@ use autograd::Tape;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, CheckpointError, TensorKind};
-use crate::optim::{Adam, AdamConfig, clip_grad_norm};
+use crate::optim::{Adam, AdamConfig, clip_grad_norm, grad_norm};
 use crate::schedule::Schedule;
 use crate::{Ctx, EvalStats, Mode, ModelConfig, Registry, Rng, TokenBatch, Transformer};
 
@@ -80,8 +80,9 @@ pub struct StepStats {
     pub loss: f32,
     /// The learning rate this step used.
     pub lr: f64,
-    /// Global gradient norm before clipping (only computed when clipping).
-    pub grad_norm: Option<f32>,
+    /// Global gradient norm before clipping (computed every step: a run
+    /// logs it, and a spike in it is the first sign of trouble).
+    pub grad_norm: f32,
     /// Set when this step's loss says the run is diverging.
     pub divergence: Option<Divergence>,
 }
@@ -219,7 +220,10 @@ impl Trainer {
         let mut grads = tape.backward(loss).into_params();
         self.rng = ctx.into_rng();
         drop(tape);
-        let grad_norm = self.config.clip_norm.map(|c| clip_grad_norm(&mut grads, c));
+        let grad_norm = match self.config.clip_norm {
+            Some(c) => clip_grad_norm(&mut grads, c),
+            None => grad_norm(&grads) as f32,
+        };
         self.step += 1;
         let lr = self.config.schedule.lr(self.step);
         self.opt.step(&mut self.model, &grads, lr);
