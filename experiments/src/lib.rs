@@ -1,6 +1,7 @@
 //! The experiments crate. Today it holds [`data`] (the bundled corpora,
 //! read with errors that name file and line), [`bleu`] (corpus BLEU as
-//! sacreBLEU computes it) and the `bench` binary
+//! sacreBLEU computes it), [`report`] (each run's `metrics.csv`, SVG plots
+//! and markdown tables) and the `bench` binary
 //! (`src/bin/bench.rs`: the workloads of `experiments/bench/WORKLOADS.md`) and, in
 //! `bench/`, the PyTorch reference and the side-by-side comparison script.
 //! The ablation experiments on the bundled real data are the next issue;
@@ -10,3 +11,4 @@
 
 pub mod bleu;
 pub mod data;
+pub mod report;
