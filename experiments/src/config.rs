@@ -404,9 +404,9 @@ impl RunConfig {
     pub fn load(path: &Path) -> Result<RunConfig, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("{}: cannot read the config: {e}", path.display()))?;
-        let c: RunConfig =
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        c.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+        let c: RunConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        c.validate()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(c)
     }
 
@@ -435,40 +435,17 @@ impl RunConfig {
         let mut root = toml::Value::try_from(self)
             .map_err(|e| format!("cannot represent the config as TOML: {e}"))?;
         for set in sets {
-            let (key, raw) = set
-                .split_once('=')
-                .ok_or_else(|| format!("--set {set}: expected key=value, e.g. model.d_model=256"))?;
+            let (key, raw) = set.split_once('=').ok_or_else(|| {
+                format!("--set {set}: expected key=value, e.g. model.d_model=256")
+            })?;
             let key = key.trim();
             let value = parse_value(raw.trim());
-            let mut node = &mut root;
             let parts: Vec<&str> = key.split('.').collect();
-            for (i, part) in parts.iter().enumerate() {
-                let table = node.as_table_mut().ok_or_else(|| {
-                    format!(
-                        "--set {key}: `{}` is a value, not a section",
-                        parts[..i].join(".")
-                    )
-                })?;
-                if i + 1 == parts.len() {
-                    // A key the config does not have is caught by
-                    // deserialising (unknown fields are errors) — that is
-                    // also how an optional field that is unset is set.
-                    table.insert(part.to_string(), value.clone());
-                } else {
-                    node = table
-                        .entry(part.to_string())
-                        .or_insert_with(|| toml::Value::Table(Default::default()));
-                }
-            }
+            set_path(&mut root, &parts, value).map_err(|e| format!("--set {key}: {e}"))?;
         }
         let text = toml::to_string(&root).map_err(|e| format!("--set: {e}"))?;
-        let c: RunConfig = toml::from_str(&text).map_err(|e| {
-            format!(
-                "--set {}: {}",
-                sets.join(" "),
-                e.message()
-            )
-        })?;
+        let c: RunConfig = toml::from_str(&text)
+            .map_err(|e| format!("--set {}: {}", sets.join(" "), e.message()))?;
         c.validate()?;
         Ok(c)
     }
@@ -591,6 +568,29 @@ impl RunConfig {
                 .unwrap_or_else(|| crate::data::data_dir().join("austen").join("austen.txt")),
             TaskConfig::Synthetic { .. } => PathBuf::new(),
         }
+    }
+}
+
+/// Sets `parts` (a dotted path) in `node` to `value`. A key the config
+/// does not have is caught later, by deserialising (unknown fields are
+/// errors); inserting is also how an unset optional field is set.
+fn set_path(node: &mut toml::Value, parts: &[&str], value: toml::Value) -> Result<(), String> {
+    let table = node
+        .as_table_mut()
+        .ok_or_else(|| "a value, not a section, is on the path".to_string())?;
+    match parts {
+        [] => Err("empty key".into()),
+        [last] => {
+            table.insert(last.to_string(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => set_path(
+            table
+                .entry(first.to_string())
+                .or_insert_with(|| toml::Value::Table(Default::default())),
+            rest,
+            value,
+        ),
     }
 }
 

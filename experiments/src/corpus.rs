@@ -78,7 +78,9 @@ impl Vocabs {
             self.src
                 .save(&dir.join("vocab-src"))
                 .map_err(|e| e.to_string())?;
-            self.tgt.save(&dir.join("vocab-tgt")).map_err(|e| e.to_string())
+            self.tgt
+                .save(&dir.join("vocab-tgt"))
+                .map_err(|e| e.to_string())
         }
     }
 
@@ -201,7 +203,11 @@ pub fn read_raw(config: &RunConfig) -> Result<RawData, String> {
                     })
                     .collect::<Vec<_>>()
             };
-            Ok(RawData::Pairs(draw(1, *train), draw(2, *valid), draw(3, *valid)))
+            Ok(RawData::Pairs(
+                draw(1, *train),
+                draw(2, *valid),
+                draw(3, *valid),
+            ))
         }
     }
 }
@@ -233,7 +239,7 @@ pub fn train_vocabs(config: &RunConfig, raw: &RawData) -> Result<Vocabs, String>
             }
         }
         RawData::Text(tr, _) => {
-            let v = train(tr.lines().collect())?;
+            let v = train(vec![&Vocab::running_text(tr)])?;
             Ok(Vocabs {
                 src: v.clone(),
                 tgt: v,

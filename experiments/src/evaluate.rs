@@ -101,7 +101,11 @@ pub struct EvalReport {
     pub samples: Vec<Sample>,
 }
 
-fn split_stats(model: &Transformer<f32>, examples: &[crate::batching::Example], tokens: usize) -> EvalStats {
+fn split_stats(
+    model: &Transformer<f32>,
+    examples: &[crate::batching::Example],
+    tokens: usize,
+) -> EvalStats {
     let mut total = EvalStats::default();
     for idx in eval_batches(examples, tokens) {
         let b = seq2seq_batch(examples, &idx);
@@ -110,7 +114,12 @@ fn split_stats(model: &Transformer<f32>, examples: &[crate::batching::Example], 
     total
 }
 
-fn eval_batch(model: &Transformer<f32>, src: &TokenBatch, tgt_in: &TokenBatch, labels: &[usize]) -> EvalStats {
+fn eval_batch(
+    model: &Transformer<f32>,
+    src: &TokenBatch,
+    tgt_in: &TokenBatch,
+    labels: &[usize],
+) -> EvalStats {
     autograd::no_grad(|tape| {
         let ctx = Ctx::eval(tape);
         let logits = model.forward(&ctx, src, tgt_in); // (B, T, V)
@@ -287,7 +296,12 @@ pub struct SampleOptions {
 /// `max_len` tokens. Returns the continuation only.
 ///
 /// Special tokens are never drawn.
-pub fn sample(model: &Transformer<f32>, vocabs: &Vocabs, prompt: &str, opts: &SampleOptions) -> String {
+pub fn sample(
+    model: &Transformer<f32>,
+    vocabs: &Vocabs,
+    prompt: &str,
+    opts: &SampleOptions,
+) -> String {
     assert!(
         opts.temperature > 0.0 && opts.temperature.is_finite(),
         "sample: temperature {} must be positive",

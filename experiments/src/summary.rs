@@ -156,7 +156,12 @@ pub fn headline(s: &Summary) -> String {
 
 /// Renders `loss.svg`, `attention.svg` and `report.md` in `dir` from its
 /// `metrics.csv`, `summary.json` and `model`.
-pub fn render(dir: &Path, model: &Transformer<f32>, vocabs: &Vocabs, corpus: &Corpus) -> Result<(), String> {
+pub fn render(
+    dir: &Path,
+    model: &Transformer<f32>,
+    vocabs: &Vocabs,
+    corpus: &Corpus,
+) -> Result<(), String> {
     let rows = read_metrics(&dir.join("metrics.csv")).map_err(|e| e.to_string())?;
     loss_svg(&rows, &dir.join("loss.svg")).map_err(|e| e.to_string())?;
     let attention = attention_figure(dir, model, vocabs, corpus)?;
@@ -196,7 +201,13 @@ pub fn render(dir: &Path, model: &Transformer<f32>, vocabs: &Vocabs, corpus: &Co
     md += "## Validation\n\n";
     md += &markdown_table(
         &[
-            "step", "seconds", "train loss", "valid loss", "valid ppl", "valid acc %", "lr",
+            "step",
+            "seconds",
+            "train loss",
+            "valid loss",
+            "valid ppl",
+            "valid acc %",
+            "lr",
             "tokens/s",
         ],
         &validations,
@@ -218,7 +229,10 @@ pub fn render(dir: &Path, model: &Transformer<f32>, vocabs: &Vocabs, corpus: &Co
                 ]
             })
             .collect();
-        md += &markdown_table(&["source / prompt", "reference", "greedy / sampled", "beam"], &rows);
+        md += &markdown_table(
+            &["source / prompt", "reference", "greedy / sampled", "beam"],
+            &rows,
+        );
     }
     md += &format!("\n## Config\n\n```toml\n{config}```\n");
     write_atomic(&dir.join("report.md"), md.as_bytes())
@@ -229,7 +243,12 @@ pub fn render(dir: &Path, model: &Transformer<f32>, vocabs: &Vocabs, corpus: &Co
 /// cross-attention layer, on the model's own greedy output; for a language
 /// model, the last layer's self-attention over the start of the held-out
 /// text. Returns whether a figure was drawn.
-fn attention_figure(dir: &Path, model: &Transformer<f32>, vocabs: &Vocabs, corpus: &Corpus) -> Result<bool, String> {
+fn attention_figure(
+    dir: &Path,
+    model: &Transformer<f32>,
+    vocabs: &Vocabs,
+    corpus: &Corpus,
+) -> Result<bool, String> {
     let (src, tgt_in, src_tokens, tgt_tokens) = match corpus {
         Corpus::Seq2Seq(d) => {
             let Some(pair) = d.test_text.first() else {
@@ -314,7 +333,8 @@ fn attention_figure(dir: &Path, model: &Transformer<f32>, vocabs: &Vocabs, corpu
         main = Some((name.clone(), heads.clone(), q.clone(), k.clone()));
     }
     if let Some((name, heads, q, k)) = main {
-        attention_svg(&name, &heads, &q, &k, &dir.join("attention.svg")).map_err(|e| e.to_string())?;
+        attention_svg(&name, &heads, &q, &k, &dir.join("attention.svg"))
+            .map_err(|e| e.to_string())?;
     }
     Ok(true)
 }

@@ -22,6 +22,7 @@
 //! written again. Only wall-clock columns differ.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -82,8 +83,8 @@ pub struct Run {
     pub config: RunConfig,
     /// The vocabularies.
     pub vocabs: Vocabs,
-    /// The encoded data.
-    pub corpus: Corpus,
+    /// The encoded data (shared with the batch stream).
+    pub corpus: Arc<Corpus>,
     /// Model, optimiser, step, dropout stream.
     pub trainer: Trainer,
     /// Training seconds before this session (resumed runs).
@@ -169,7 +170,7 @@ impl Run {
             dir: dir.to_path_buf(),
             config,
             vocabs,
-            corpus,
+            corpus: Arc::new(corpus),
             trainer,
             elapsed_before: 0.0,
             best: None,
@@ -225,7 +226,7 @@ impl Run {
             dir: dir.to_path_buf(),
             config,
             vocabs,
-            corpus,
+            corpus: Arc::new(corpus),
             trainer,
             elapsed_before,
             best,
@@ -236,7 +237,7 @@ impl Run {
 
     fn describe(&self, verbose: bool) {
         let params = self.config.model.builtin_param_count();
-        match &self.corpus {
+        match &*self.corpus {
             Corpus::Seq2Seq(d) => say(verbose, || {
                 format!(
                     "data: {} training pairs ({}), {} validation, {} test; model: {params} \
@@ -259,38 +260,6 @@ impl Run {
         }
     }
 
-    /// The training batches from step 0: a stream the run replays to its
-    /// step on resume.
-    fn batches(&self) -> Box<dyn FnMut() -> Batch + '_> {
-        let seed = self.config.run.seed;
-        let tokens = self.config.run.batch_tokens;
-        match &self.corpus {
-            Corpus::Seq2Seq(d) => {
-                let mut stream = BatchStream::new(&d.train, tokens, seed);
-                Box::new(move || {
-                    let (_, idx) = stream.next();
-                    seq2seq_batch(&d.train, &idx)
-                })
-            }
-            Corpus::Lm(d) => {
-                let per_batch = (tokens / d.context).max(1);
-                let (mut epoch, mut pos) = (0u64, 0usize);
-                let mut starts = d.epoch_windows(seed, epoch);
-                Box::new(move || {
-                    if pos >= starts.len() {
-                        epoch += 1;
-                        pos = 0;
-                        starts = d.epoch_windows(seed, epoch);
-                    }
-                    let end = (pos + per_batch).min(starts.len());
-                    let b = d.batch(&d.train, &starts[pos..end]);
-                    pos = end;
-                    b
-                })
-            }
-        }
-    }
-
     /// Validation statistics of the current model: the unsmoothed NLL,
     /// perplexity and accuracy over every held-out token.
     pub fn validate(&self) -> EvalStats {
@@ -308,20 +277,25 @@ impl Run {
         let budget_s = cfg.minutes.map(|m| m * 60.0);
         let t0 = Instant::now();
         let elapsed = |before: f64| before + t0.elapsed().as_secs_f64();
-        let bar = progress_bar(opts.progress, cfg.steps, budget_s, start_step, self.elapsed_before);
+        let bar = progress_bar(
+            opts.progress,
+            cfg.steps,
+            budget_s,
+            start_step,
+            self.elapsed_before,
+        );
         // Replay the data stream to this run's step.
-        let mut next = {
-            let mut it = self.batches();
-            for _ in 0..start_step {
-                it();
-            }
-            it
-        };
+        let mut stream = TrainStream::new(
+            Arc::clone(&self.corpus),
+            self.config.run.batch_tokens,
+            self.config.run.seed,
+        );
+        for _ in 0..start_step {
+            stream.next_batch();
+        }
         let (mut loss_sum, mut loss_n, mut tokens) = (0.0f64, 0u64, 0usize);
         let mut window_t = Instant::now();
-        let mut last = (0.0f64, None::<f32>);
         let mut outcome = Outcome::Finished;
-        let mut evaluated_at = None;
         loop {
             let step = self.trainer.step;
             if cfg.steps.is_some_and(|s| step >= s)
@@ -333,14 +307,13 @@ impl Run {
                 outcome = Outcome::Stopped;
                 break;
             }
-            let batch = next();
+            let batch = stream.next_batch();
             let st = self.trainer.step(&batch.src, &batch.tgt_in, &batch.labels);
             tokens += batch.src_tokens + batch.tgt_tokens;
             if st.loss.is_finite() {
                 loss_sum += f64::from(st.loss);
                 loss_n += 1;
             }
-            last = (st.lr, Some(st.grad_norm));
             let step = self.trainer.step;
             if let Some(d) = st.divergence {
                 let reason = match d {
@@ -365,7 +338,10 @@ impl Run {
                 metrics.write(&row).map_err(|e| e.to_string())?;
                 break;
             }
-            let validate_now = step % cfg.eval_every == 0;
+            // The last step of the budget is validated and checkpointed too.
+            let ending = cfg.steps.is_some_and(|s| step >= s)
+                || budget_s.is_some_and(|b| elapsed(self.elapsed_before) >= b);
+            let validate_now = step % cfg.eval_every == 0 || ending;
             if step % cfg.log_every == 0 || validate_now {
                 let secs = window_t.elapsed().as_secs_f64().max(1e-9);
                 let train_loss = loss_sum / loss_n.max(1) as f64;
@@ -388,7 +364,6 @@ impl Run {
                 ));
                 if validate_now {
                     self.validation_row(&mut row, opts.verbose, &bar);
-                    evaluated_at = Some(step);
                 }
                 metrics.write(&row).map_err(|e| e.to_string())?;
                 if validate_now {
@@ -405,24 +380,6 @@ impl Run {
             }
         }
         bar.finish_and_clear();
-        let step = self.trainer.step;
-        if outcome == Outcome::Finished && evaluated_at != Some(step) && step > 0 {
-            // The end of the budget: validate and checkpoint the final model.
-            let mut row = MetricsRow {
-                step,
-                elapsed_s: elapsed(self.elapsed_before),
-                train_loss: loss_sum / loss_n.max(1) as f64,
-                valid_loss: None,
-                valid_ppl: None,
-                valid_acc: None,
-                lr: last.0,
-                grad_norm: last.1.map(f64::from),
-                tokens_per_s: tokens as f64 / window_t.elapsed().as_secs_f64().max(1e-9),
-            };
-            self.validation_row(&mut row, opts.verbose, &bar);
-            metrics.write(&row).map_err(|e| e.to_string())?;
-            self.checkpoint(row.valid_loss)?;
-        }
         self.elapsed_before = elapsed(self.elapsed_before);
         Ok(outcome)
     }
@@ -473,6 +430,59 @@ impl Run {
     }
 }
 
+/// The training batches from step 0, a function of (data, budget, seed)
+/// only: the batch of step N is the N-th, which is what makes resume exact.
+struct TrainStream {
+    corpus: Arc<Corpus>,
+    tokens: usize,
+    seed: u64,
+    seq: Option<BatchStream>,
+    /// Language models: epoch, position in it, window starts.
+    lm: (u64, usize, Vec<usize>),
+}
+
+impl TrainStream {
+    fn new(corpus: Arc<Corpus>, tokens: usize, seed: u64) -> Self {
+        let (seq, lm) = match &*corpus {
+            Corpus::Seq2Seq(d) => (
+                Some(BatchStream::new(&d.train, tokens, seed)),
+                (0, 0, vec![]),
+            ),
+            Corpus::Lm(d) => (None, (0, 0, d.epoch_windows(seed, 0))),
+        };
+        TrainStream {
+            corpus,
+            tokens,
+            seed,
+            seq,
+            lm,
+        }
+    }
+
+    fn next_batch(&mut self) -> Batch {
+        match (&*self.corpus, &mut self.seq) {
+            (Corpus::Seq2Seq(d), Some(stream)) => {
+                let (_, idx) = stream.next().expect("a BatchStream is endless");
+                seq2seq_batch(&d.train, &idx)
+            }
+            (Corpus::Lm(d), _) => {
+                let per_batch = (self.tokens / d.context).max(1);
+                let (epoch, pos, starts) = &mut self.lm;
+                if *pos >= starts.len() {
+                    *epoch += 1;
+                    *pos = 0;
+                    *starts = d.epoch_windows(self.seed, *epoch);
+                }
+                let end = (*pos + per_batch).min(starts.len());
+                let b = d.batch(&d.train, &starts[*pos..end]);
+                *pos = end;
+                b
+            }
+            (Corpus::Seq2Seq(_), None) => unreachable!("a seq2seq stream has a BatchStream"),
+        }
+    }
+}
+
 /// Validation statistics of `trainer`'s model on the held-out split.
 pub fn validation_stats(trainer: &Trainer, corpus: &Corpus, batch_tokens: usize) -> EvalStats {
     let mut total = EvalStats::default();
@@ -511,7 +521,8 @@ fn progress_bar(
         (None, None) => (0, 0, ""),
     };
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    let template = format!("{{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{msg}} ETA {{eta}}");
+    let template =
+        format!("{{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{msg}} ETA {{eta}}");
     if let Ok(style) = ProgressStyle::with_template(&template) {
         bar.set_style(style.progress_chars("=> "));
     }

@@ -43,6 +43,10 @@ pub const BOS: usize = 1;
 pub const EOS: usize = 2;
 /// The id of `<unk>`, which stands for whatever the vocabulary lacks.
 pub const UNK: usize = 3;
+/// How a line break of running text is spelt for a vocabulary (see
+/// [`Vocab::encode_text`]): the pilcrow, which the bundled corpora never use
+/// (checked by a test).
+pub const NEWLINE: char = '¶';
 /// The specials, in id order: every vocabulary starts with them.
 pub const SPECIALS: [&str; 4] = ["<pad>", "<bos>", "<eos>", "<unk>"];
 
@@ -369,6 +373,34 @@ impl Vocab {
                 c => c.to_string(),
             })
             .collect()
+    }
+
+    /// Encodes running text whose line breaks matter (a language model's
+    /// corpus): each `\n` is written as [`NEWLINE`] first, an ordinary
+    /// character to every kind of vocabulary, so the character kind's
+    /// whitespace collapsing keeps it. One character for one, so counts of
+    /// characters (bits per character) are those of the original text.
+    ///
+    /// ```
+    /// use experiments::vocab::{Vocab, VocabSpec};
+    /// let text = "It is a truth\nuniversally acknowledged";
+    /// let v = Vocab::train(&VocabSpec::Char { min_count: 1 }, &[&Vocab::running_text(text)])?;
+    /// assert_eq!(v.decode_text(&v.encode_text(text)), text);
+    /// # Ok::<(), experiments::vocab::VocabError>(())
+    /// ```
+    pub fn encode_text(&self, text: &str) -> Vec<usize> {
+        self.encode(&Self::running_text(text))
+    }
+
+    /// The inverse of [`Vocab::encode_text`]: [`NEWLINE`] back to `\n`.
+    pub fn decode_text(&self, ids: &[usize]) -> String {
+        self.decode(ids).replace(NEWLINE, "\n")
+    }
+
+    /// `text` with its line breaks as [`NEWLINE`]: what a language model's
+    /// vocabulary is trained on.
+    pub fn running_text(text: &str) -> String {
+        text.replace('\n', &NEWLINE.to_string())
     }
 
     /// What `decode(encode(text))` gives for a text with no unknown tokens:

@@ -88,13 +88,21 @@ fn main() -> ExitCode {
     }
 }
 
-fn decode(run: &std::path::Path, sentences: Vec<String>, beam: usize, alpha: f64) -> Result<(), String> {
+fn decode(
+    run: &std::path::Path,
+    sentences: Vec<String>,
+    beam: usize,
+    alpha: f64,
+) -> Result<(), String> {
     let vocabs = Vocabs::load(run)?;
     let model = Trainer::resume(best_checkpoint(run))
         .map_err(|e| e.to_string())?
         .model;
     if model.config.decoder_only() {
-        return Err(format!("{}: a language model, not a translation run", run.display()));
+        return Err(format!(
+            "{}: a language model, not a translation run",
+            run.display()
+        ));
     }
     let sentences = if sentences.is_empty() {
         std::io::stdin()
