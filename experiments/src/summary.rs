@@ -272,7 +272,7 @@ fn attention_figure(
             )
         }
         Corpus::Lm(d) => {
-            let n = d.valid.len().min(48);
+            let n = d.valid.len().min(48).min(model.config.max_len);
             if n == 0 {
                 return Ok(false);
             }
