@@ -184,10 +184,11 @@ impl RunConfig {
                 train_limit: 0,
                 eval_limit: 0,
             },
-            vocab: VocabSpec::Bpe {
-                size: 4000,
-                min_frequency: 2,
-            },
+            // A joint word vocabulary (min count 2, 13,815 entries): with a
+            // 4k BPE vocabulary the PyTorch recipe scored lower BLEU at
+            // this budget (../shared/EXPERIMENTS.md), and tying all three
+            // embeddings keeps the word model at 3.16 M parameters.
+            vocab: VocabSpec::Word { min_count: 2 },
             model: translate_model.clone(),
             train: TrainConfig {
                 optimizer: AdamConfig::paper(),
@@ -199,6 +200,14 @@ impl RunConfig {
                 smoothing: 0.1,
                 clip_norm: None,
             },
+            // 2,000-token batches (the PyTorch recipe's). Measured for the
+            // full 9 minutes on 2 cores: 1,000-token batches (2,297 steps)
+            // ended at validation perplexity 33.1 and test BLEU 1.1 / 1.6
+            // (greedy / beam), 2,000-token batches (1,225 steps) at 31.9
+            // and 1.6 / 2.2, although the smaller batches led after 6
+            // minutes on one thread. 9 minutes of training leave a minute
+            // for the evaluation (decoding 1,000 test sentences greedy and
+            // beam-4).
             run: LoopConfig {
                 steps: None,
                 minutes: Some(9.0),
@@ -218,7 +227,7 @@ impl RunConfig {
             task: TaskConfig::Lm {
                 file: None,
                 context: 256,
-                valid_fraction: 0.05,
+                valid_fraction: 0.02,
                 char_limit: 0,
             },
             vocab: VocabSpec::Char { min_count: 1 },
@@ -231,8 +240,13 @@ impl RunConfig {
                 dropout: 0.0,
                 max_len: 256,
                 placement: Placement::Pre,
-                positional: "learned".into(),
-                feed_forward: "gelu".into(),
+                // Measured (1 thread, 5 minutes, batch 2048): sinusoidal
+                // positions left the early plateau near 2.45 nats about
+                // 100 steps sooner than learned ones (valid loss 2.00 vs
+                // 2.28 nats at step 425); ReLU instead of GELU: GELU's
+                // scalar tanh/expm1 took 28% of the step (perf).
+                positional: "sinusoidal".into(),
+                feed_forward: "relu".into(),
                 tying: Tying::All,
                 ..ModelConfig::base(0, 0)
             },
@@ -247,17 +261,20 @@ impl RunConfig {
                 schedule: Schedule::Cosine {
                     peak_lr: 2e-3,
                     warmup: 100,
-                    total_steps: 1000,
+                    total_steps: 1400,
                     final_lr: 2e-4,
                 },
                 smoothing: 0.0,
                 clip_norm: Some(1.0),
             },
+            // 1400 steps of 8 windows of 256 characters: about 9 minutes on
+            // 2 cores here; the cosine ends with the budget, and the
+            // 9.5-minute cap keeps a slower machine within 10 minutes.
             run: LoopConfig {
-                steps: None,
+                steps: Some(1400),
                 minutes: Some(9.5),
-                batch_tokens: 4096,
-                eval_every: 100,
+                batch_tokens: 2048,
+                eval_every: 200,
                 log_every: 10,
                 seed: 0,
                 long: LongPolicy::Truncate,

@@ -749,12 +749,14 @@ pub fn loss_svg(rows: &[MetricsRow], path: &Path) -> Result<(), ReportError> {
         .all(|p| p.1 > 0.0);
     let series = [
         Series {
-            name: "train loss".to_string(),
+            // The training objective (label-smoothed when smoothing is on:
+            // above the NLL by smoothing's floor, not a worse fit).
+            name: "train loss (as optimised)".to_string(),
             points: train,
             band: None,
         },
         Series {
-            name: "valid loss".to_string(),
+            name: "valid NLL".to_string(),
             points: valid,
             band: None,
         },

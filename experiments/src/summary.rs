@@ -12,7 +12,7 @@ use crate::corpus::{Corpus, Vocabs};
 use crate::evaluate::{EvalReport, evaluate};
 use crate::report::{Heatmap, attention_svg, loss_svg, markdown_table, read_metrics};
 use crate::train::{Outcome, Run, best_checkpoint, write_atomic};
-use crate::vocab::{BOS, EOS};
+use crate::vocab::{BOS, EOS, word_count};
 
 /// What `summary.json` holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -64,7 +64,9 @@ pub fn finish(run: &Run, outcome: &Outcome, verbose: bool) -> Result<Summary, St
     let best = best_checkpoint(&run.dir);
     let best_model;
     let model = if best.exists() && !matches!(outcome, Outcome::Diverged { .. }) {
-        best_model = Trainer::resume(&best).map_err(|e| e.to_string())?.model;
+        best_model = Trainer::resume_with(&best, &run.registry)
+            .map_err(|e| e.to_string())?
+            .model;
         &best_model
     } else {
         &run.trainer.model
@@ -238,7 +240,8 @@ pub fn render(
     write_atomic(&dir.join("report.md"), md.as_bytes())
 }
 
-/// Attention heatmaps of the first test sentence (translation): every head
+/// Attention heatmaps of one test sentence (translation: the first of 6 to
+/// 14 words): every head
 /// of the last encoder self-attention, decoder self-attention and
 /// cross-attention layer, on the model's own greedy output; for a language
 /// model, the last layer's self-attention over the start of the held-out
@@ -251,7 +254,10 @@ fn attention_figure(
 ) -> Result<bool, String> {
     let (src, tgt_in, src_tokens, tgt_tokens) = match corpus {
         Corpus::Seq2Seq(d) => {
-            let Some(pair) = d.test_text.first() else {
+            // The first test sentence of a readable length (a few words
+            // make a heatmap too small to show anything), else the first.
+            let readable = |p: &&crate::data::Pair| (6..=14).contains(&word_count(&p.src));
+            let Some(pair) = d.test_text.iter().find(readable).or(d.test_text.first()) else {
                 return Ok(false);
             };
             let mut src_ids = vocabs.src.encode(&pair.src);
@@ -296,8 +302,7 @@ fn attention_figure(
     let last = |stack: &str, block: &str| -> Option<(String, autograd::Tensor<f32>)> {
         weights
             .iter()
-            .filter(|(n, _)| n.starts_with(stack) && n.ends_with(block))
-            .next_back()
+            .rfind(|(n, _)| n.starts_with(stack) && n.ends_with(block))
             .cloned()
     };
     let mut panels = Vec::new();
@@ -342,6 +347,11 @@ fn attention_figure(
 /// Re-renders the report of a finished run folder from its files alone:
 /// config, vocabulary, metrics, summary and best checkpoint.
 pub fn rerender(dir: &Path) -> Result<(), String> {
+    rerender_with(dir, &transformer::Registry::builtin())
+}
+
+/// [`rerender`] for a run whose model has a user's blocks.
+pub fn rerender_with(dir: &Path, registry: &transformer::Registry<f32>) -> Result<(), String> {
     let config = RunConfig::load(&dir.join("config.toml"))?;
     let vocabs = Vocabs::load(dir)?;
     let raw = crate::corpus::read_raw(&config)?;
@@ -351,6 +361,8 @@ pub fn rerender(dir: &Path) -> Result<(), String> {
     } else {
         crate::train::last_checkpoint(dir)
     };
-    let model = Trainer::resume(&ckpt).map_err(|e| e.to_string())?.model;
+    let model = Trainer::resume_with(&ckpt, registry)
+        .map_err(|e| e.to_string())?
+        .model;
     render(dir, &model, &vocabs, &corpus)
 }

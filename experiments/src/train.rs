@@ -87,6 +87,9 @@ pub struct Run {
     pub corpus: Arc<Corpus>,
     /// Model, optimiser, step, dropout stream.
     pub trainer: Trainer,
+    /// The blocks the model is built from (the evaluation reloads the
+    /// best checkpoint with them).
+    pub registry: Registry<f32>,
     /// Training seconds before this session (resumed runs).
     elapsed_before: f64,
     /// Lowest validation loss so far, and its step.
@@ -172,6 +175,7 @@ impl Run {
             vocabs,
             corpus: Arc::new(corpus),
             trainer,
+            registry: registry.clone(),
             elapsed_before: 0.0,
             best: None,
         };
@@ -228,6 +232,7 @@ impl Run {
             vocabs,
             corpus: Arc::new(corpus),
             trainer,
+            registry: registry.clone(),
             elapsed_before,
             best,
         };
@@ -341,8 +346,8 @@ impl Run {
             // The last step of the budget is validated and checkpointed too.
             let ending = cfg.steps.is_some_and(|s| step >= s)
                 || budget_s.is_some_and(|b| elapsed(self.elapsed_before) >= b);
-            let validate_now = step % cfg.eval_every == 0 || ending;
-            if step % cfg.log_every == 0 || validate_now {
+            let validate_now = step.is_multiple_of(cfg.eval_every) || ending;
+            if step.is_multiple_of(cfg.log_every) || validate_now {
                 let secs = window_t.elapsed().as_secs_f64().max(1e-9);
                 let train_loss = loss_sum / loss_n.max(1) as f64;
                 let mut row = MetricsRow {
@@ -357,7 +362,7 @@ impl Run {
                     tokens_per_s: tokens as f64 / secs,
                 };
                 bar.set_message(format!(
-                    "loss {train_loss:.3} (ppl {:.1}) lr {:.2e} {:.0} tok/s",
+                    "step {step} loss {train_loss:.3} (ppl {:.1}) lr {:.2e} {:.0} tok/s",
                     train_loss.exp(),
                     st.lr,
                     row.tokens_per_s

@@ -28,7 +28,7 @@ fn overrides_reach_every_section_with_typed_values() {
             "train.smoothing=0".into(),
             "train.schedule.Noam.warmup=800".into(),
             "loop.steps=123".into(),
-            "vocab.size=2000".into(),
+            "vocab.min_count=3".into(),
             "task.joint_vocab=true".into(),
             "eval.beam=2".into(),
         ])
@@ -43,13 +43,20 @@ fn overrides_reach_every_section_with_typed_values() {
         transformer::schedule::Schedule::Noam { warmup: 800, .. }
     ));
     assert!(matches!(c.task, TaskConfig::Translate { .. }));
+    assert_eq!(
+        c.vocab,
+        experiments::vocab::VocabSpec::Word { min_count: 3 }
+    );
     // Switching the vocabulary kind with its fields.
     let w = c
-        .with_overrides(&["vocab={ kind = \"word\", min_count = 3 }".into()])
+        .with_overrides(&["vocab={ kind = \"bpe\", size = 2000 }".into()])
         .unwrap();
     assert_eq!(
         w.vocab,
-        experiments::vocab::VocabSpec::Word { min_count: 3 }
+        experiments::vocab::VocabSpec::Bpe {
+            size: 2000,
+            min_frequency: 2
+        }
     );
 }
 
@@ -65,7 +72,7 @@ fn a_bad_key_or_value_is_an_error_naming_it() {
         ("loop.batch_tokens=0", "batch_tokens"),
         ("model.encoder_layers=0", "decoder-only"),
         ("task.joint_vocab=false", "joint_vocab"),
-        ("vocab.size=10", "size"),
+        ("vocab.min_count=0", "min_count"),
         ("noequals", "key=value"),
         ("model.d_model.x=1", "value, not a section"),
     ];

@@ -447,7 +447,10 @@ fn loss_plot_has_train_and_valid() {
     let dir = scratch("loss");
     let mut rows = rows(60);
     let path = deterministic(&dir, "loss", |p| loss_svg(&rows, p).unwrap());
-    check_svg(&path, &["train loss", "valid loss", "step", "loss"]);
+    check_svg(
+        &path,
+        &["train loss (as optimised)", "valid NLL", "step", "loss"],
+    );
     std::fs::copy(&path, samples().join("loss.svg")).unwrap();
     // A diverged run: NaN losses, and no validation at all.
     for r in &mut rows[30..] {
@@ -457,7 +460,7 @@ fn loss_plot_has_train_and_valid() {
         r.valid_loss = None;
     }
     let path = deterministic(&dir, "loss-nan", |p| loss_svg(&rows, p).unwrap());
-    check_svg(&path, &["train loss", "valid loss"]);
+    check_svg(&path, &["train loss (as optimised)", "valid NLL"]);
     loss_svg(&[], &dir.join("none.svg")).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }

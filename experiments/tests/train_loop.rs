@@ -204,3 +204,59 @@ fn a_decoder_only_language_model_trains_and_reports_bits_per_character() {
     assert_eq!(s.eval.samples.len(), 3);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A user's norm block (a learned gain over the root mean square), defined
+/// here, outside the crates.
+struct ScaledRms {
+    gain: autograd::Param<f32>,
+}
+
+impl transformer::Module<f32> for ScaledRms {
+    fn visit(&mut self, v: &mut transformer::Visitor<'_, f32>) {
+        v.param("gain", &mut self.gain);
+    }
+}
+
+impl transformer::NormBlock<f32> for ScaledRms {
+    fn forward<'t>(
+        &self,
+        ctx: &transformer::Ctx<'t, f32>,
+        x: autograd::Var<'t, f32>,
+        _: Option<&autograd::Tensor<f32>>,
+    ) -> autograd::Var<'t, f32> {
+        let ms = (x * x).mean(-1, true); // (B, T, 1)
+        x / (ms + 1e-5).sqrt() * ctx.param(&self.gain)
+    }
+}
+
+#[test]
+fn a_users_block_trains_resumes_and_evaluates_through_the_runner() {
+    let mut registry = transformer::Registry::builtin();
+    registry.norm("scaled_rms", |c, _| {
+        Box::new(ScaledRms {
+            gain: autograd::Param::new(autograd::Tensor::ones(&[c.d_model])),
+        })
+    });
+    let config = copy_config(20)
+        .with_overrides(&["model.norm=scaled_rms".into()])
+        .unwrap();
+    let dir = temp("user-block");
+    // Without the registry the name is an error naming it.
+    let e = Run::start(&dir, config.clone(), false).err().unwrap();
+    assert!(e.contains("scaled_rms"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut run = Run::start_with(&dir, config, &registry, false).unwrap();
+    let stop = RunOptions {
+        stop_after: Some(10),
+        ..quiet()
+    };
+    run.train(&stop).unwrap();
+    drop(run);
+    let mut run = Run::resume_with(&dir, &registry, false).unwrap();
+    assert_eq!(run.train(&quiet()).unwrap(), Outcome::Finished);
+    let s = finish(&run, &Outcome::Finished, false).unwrap();
+    assert_eq!(s.steps, 20);
+    assert!(s.eval.decode.is_some());
+    experiments::summary::rerender_with(&dir, &registry).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -500,3 +500,38 @@ fn tokens_per_sentence_report() {
         }
     }
 }
+
+/// A language model's running text spells line breaks as `NEWLINE`, so no
+/// bundled corpus may use that character itself.
+#[test]
+fn the_newline_stand_in_occurs_in_no_bundled_corpus_and_round_trips() {
+    use experiments::vocab::NEWLINE;
+    let dir = experiments::data::data_dir();
+    for f in [
+        "austen/austen.txt",
+        "ding-en-de/train.tsv",
+        "ding-en-de/valid.tsv",
+        "ding-en-de/test.tsv",
+    ] {
+        let text = experiments::data::read_text(&dir.join(f)).unwrap();
+        assert!(!text.contains(NEWLINE), "{f} contains {NEWLINE}");
+    }
+    let text = "It is a truth\nuniversally acknowledged,\n\nthat a single man";
+    for spec in [
+        VocabSpec::Char { min_count: 1 },
+        VocabSpec::Word { min_count: 1 },
+        VocabSpec::Bpe {
+            size: 300,
+            min_frequency: 1,
+        },
+    ] {
+        let v = Vocab::train(&spec, &[&Vocab::running_text(text)]).unwrap();
+        let back = v.decode_text(&v.encode_text(text));
+        match spec {
+            // The word kind detokenises (no space before punctuation);
+            // line breaks survive in every kind.
+            VocabSpec::Word { .. } => assert_eq!(back.matches('\n').count(), 3, "{back:?}"),
+            _ => assert_eq!(back, text),
+        }
+    }
+}

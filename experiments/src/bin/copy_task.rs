@@ -18,6 +18,9 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // Keep freed memory in the heap: a training step allocates and frees
+    // the same buffers every step (see the README, Performance).
+    autograd::retain_freed_memory();
     let cli = Cli::parse();
     match train_and_report(&cli.train, "copy", &Registry::builtin()) {
         Ok(_) => ExitCode::SUCCESS,

@@ -20,6 +20,9 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // Keep freed memory in the heap: a training step allocates and frees
+    // the same buffers every step (see the README, Performance).
+    autograd::retain_freed_memory();
     let cli = Cli::parse();
     if let Err(e) = experiments::cli::set_threads(cli.threads) {
         eprintln!("error: {e}");

@@ -61,6 +61,9 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // Keep freed memory in the heap: a training step allocates and frees
+    // the same buffers every step (see the README, Performance).
+    autograd::retain_freed_memory();
     let cli = Cli::parse();
     let result = match cli.cmd {
         None => train_and_report(&cli.train, "translate", &Registry::builtin()).map(|_| ()),
