@@ -1,26 +1,10 @@
 //! The bundled corpora load, their checksums hold, and malformed files are
 //! errors naming the file and the line (issue 8, data).
 
-use std::path::PathBuf;
-
 use experiments::data::{data_dir, read_pairs, read_text, verify_checksums};
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("exp-data-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::TempDir;
 
 #[test]
 fn the_bundled_data_is_what_its_readme_says() {
@@ -43,7 +27,7 @@ fn the_bundled_data_is_what_its_readme_says() {
 
 #[test]
 fn malformed_files_are_errors_naming_file_and_line() {
-    let dir = TempDir::new("malformed");
+    let dir = TempDir::new("data-malformed");
     let case = |name: &str, bytes: &[u8]| {
         let path = dir.0.join(name);
         std::fs::write(&path, bytes).unwrap();
@@ -77,7 +61,7 @@ fn malformed_files_are_errors_naming_file_and_line() {
 
 #[test]
 fn a_checksum_mismatch_names_the_file() {
-    let dir = TempDir::new("sums");
+    let dir = TempDir::new("data-sums");
     std::fs::write(dir.0.join("x.tsv"), b"a\tb\n").unwrap();
     // sha256("a\tb\n") is not all zeros.
     let sums = format!("{}  x.tsv\n", "0".repeat(64));

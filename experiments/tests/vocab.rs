@@ -2,7 +2,7 @@
 //! `<unk>`, the specials' ids, save/load, deterministic training whatever
 //! the thread count, and malformed saved files as errors naming the file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -11,22 +11,8 @@ use experiments::vocab::{
     BOS, EOS, PAD, SPECIALS, TOKENIZER_FILE, UNK, VOCAB_FILE, Vocab, VocabSpec, word_count,
 };
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("exp-vocab-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::TempDir;
 
 fn train_pairs() -> &'static [Pair] {
     static PAIRS: OnceLock<Vec<Pair>> = OnceLock::new();
@@ -231,7 +217,7 @@ fn assert_same(a: &Vocab, b: &Vocab) {
 #[test]
 fn save_then_load_gives_the_same_vocabulary() {
     for (k, v) in every_kind().into_iter().enumerate() {
-        let dir = TempDir::new(&format!("save{k}"));
+        let dir = TempDir::new(&format!("vocab-save{k}"));
         let run = dir.0.join("run/vocab"); // created by save
         v.save(&run).unwrap();
         let loaded = Vocab::load(&run).unwrap();
@@ -317,7 +303,7 @@ fn training_is_deterministic_whatever_the_thread_count() {
                 .build()
                 .unwrap();
             let v = pool.install(|| Vocab::train(&spec, &texts).unwrap());
-            let dir = TempDir::new(&format!("det{k}"));
+            let dir = TempDir::new(&format!("vocab-det{k}"));
             v.save(&dir.0).unwrap();
             std::fs::read_to_string(dir.0.join(TOKENIZER_FILE)).unwrap()
         })
@@ -330,7 +316,7 @@ fn training_is_deterministic_whatever_the_thread_count() {
 /// returns the error loading it gives, which must name `file`.
 fn load_error(spec: &VocabSpec, file: &str, spoil: impl FnOnce(&Path)) -> String {
     let v = Vocab::train(spec, &["the cat sat on the mat.", "a cat, a mat!"]).unwrap();
-    let dir = TempDir::new(&format!("bad-{}", file.replace('.', "-")));
+    let dir = TempDir::new(&format!("vocab-bad-{}", file.replace('.', "-")));
     let path = dir.0.join(file);
     let _ = std::fs::remove_dir_all(&dir.0);
     v.save(&dir.0).unwrap();
