@@ -118,6 +118,10 @@ pub struct EvalConfig {
     pub alpha: f64,
     /// Sample translations (or texts) shown in the report.
     pub samples: usize,
+    /// The layer (0-based, in every stack) whose attention heads the
+    /// report draws; unset = the last.
+    #[serde(default)]
+    pub attention_layer: Option<usize>,
 }
 
 /// Everything a run depends on.
@@ -221,6 +225,7 @@ impl RunConfig {
                 beam: 4,
                 alpha: 0.6,
                 samples: 8,
+                attention_layer: None,
             },
         };
         let lm = RunConfig {
@@ -283,6 +288,7 @@ impl RunConfig {
                 beam: 0,
                 alpha: 0.6,
                 samples: 3,
+                attention_layer: None,
             },
         };
         let copy = RunConfig {
@@ -321,6 +327,7 @@ impl RunConfig {
                 beam: 4,
                 alpha: 0.6,
                 samples: 4,
+                attention_layer: None,
             },
         };
         let quick_loop = |c: &RunConfig, steps: u64| LoopConfig {
@@ -377,6 +384,7 @@ impl RunConfig {
                     beam: 2,
                     alpha: 0.6,
                     samples: 2,
+                    attention_layer: None,
                 },
                 ..translate.clone()
             },

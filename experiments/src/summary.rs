@@ -103,7 +103,13 @@ pub fn finish(run: &Run, outcome: &Outcome, verbose: bool) -> Result<Summary, St
     };
     let json = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
     write_atomic(&run.dir.join("summary.json"), json.as_bytes())?;
-    render(&run.dir, model, &run.vocabs, &run.corpus)?;
+    render(
+        &run.dir,
+        model,
+        &run.vocabs,
+        &run.corpus,
+        run.config.eval.attention_layer,
+    )?;
     if verbose {
         print!("{}", headline(&summary));
     }
@@ -163,10 +169,11 @@ pub fn render(
     model: &Transformer<f32>,
     vocabs: &Vocabs,
     corpus: &Corpus,
+    layer: Option<usize>,
 ) -> Result<(), String> {
     let rows = read_metrics(&dir.join("metrics.csv")).map_err(|e| e.to_string())?;
     loss_svg(&rows, &dir.join("loss.svg")).map_err(|e| e.to_string())?;
-    let attention = attention_figure(dir, model, vocabs, corpus)?;
+    let attention = attention_figure(dir, model, vocabs, corpus, layer)?;
     let summary: Option<Summary> = std::fs::read_to_string(dir.join("summary.json"))
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok());
@@ -241,7 +248,7 @@ pub fn render(
 }
 
 /// Attention heatmaps of one test sentence (translation: the first of 6 to
-/// 14 words): every head
+/// 14 words), of layer `layer` of each stack (default: the last): every head
 /// of the last encoder self-attention, decoder self-attention and
 /// cross-attention layer, on the model's own greedy output; for a language
 /// model, the last layer's self-attention over the start of the held-out
@@ -251,6 +258,7 @@ fn attention_figure(
     model: &Transformer<f32>,
     vocabs: &Vocabs,
     corpus: &Corpus,
+    layer: Option<usize>,
 ) -> Result<bool, String> {
     let (src, tgt_in, src_tokens, tgt_tokens) = match corpus {
         Corpus::Seq2Seq(d) => {
@@ -298,12 +306,17 @@ fn attention_figure(
         model.forward(&ctx, &src, &tgt_in);
         ctx.take_attention()
     });
-    // The last layer of a stack holding a block: "decoder.layers.2.cross_attn".
+    // Layer `layer` (default: the last) of a stack holding a block:
+    // "decoder.layers.2.cross_attn".
     let last = |stack: &str, block: &str| -> Option<(String, autograd::Tensor<f32>)> {
-        weights
+        let mut found = weights
             .iter()
-            .rfind(|(n, _)| n.starts_with(stack) && n.ends_with(block))
-            .cloned()
+            .filter(|(n, _)| n.starts_with(stack) && n.ends_with(block));
+        match layer {
+            Some(i) => found.find(|(n, _)| n.starts_with(&format!("{stack}layers.{i}."))),
+            None => found.next_back(),
+        }
+        .cloned()
     };
     let mut panels = Vec::new();
     for (stack, block, q, k) in [
@@ -347,11 +360,17 @@ fn attention_figure(
 /// Re-renders the report of a finished run folder from its files alone:
 /// config, vocabulary, metrics, summary and best checkpoint.
 pub fn rerender(dir: &Path) -> Result<(), String> {
-    rerender_with(dir, &transformer::Registry::builtin())
+    rerender_with(dir, &transformer::Registry::builtin(), None)
 }
 
-/// [`rerender`] for a run whose model has a user's blocks.
-pub fn rerender_with(dir: &Path, registry: &transformer::Registry<f32>) -> Result<(), String> {
+/// [`rerender`] for a run whose model has a user's blocks; `layer`
+/// replaces the config's `eval.attention_layer` (which attention layer the
+/// heatmaps show).
+pub fn rerender_with(
+    dir: &Path,
+    registry: &transformer::Registry<f32>,
+    layer: Option<usize>,
+) -> Result<(), String> {
     let config = RunConfig::load(&dir.join("config.toml"))?;
     let vocabs = Vocabs::load(dir)?;
     let raw = crate::corpus::read_raw(&config)?;
@@ -364,5 +383,6 @@ pub fn rerender_with(dir: &Path, registry: &transformer::Registry<f32>) -> Resul
     let model = Trainer::resume_with(&ckpt, registry)
         .map_err(|e| e.to_string())?
         .model;
-    render(dir, &model, &vocabs, &corpus)
+    let layer = layer.or(config.eval.attention_layer);
+    render(dir, &model, &vocabs, &corpus, layer)
 }

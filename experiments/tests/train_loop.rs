@@ -48,7 +48,14 @@ fn params(path: &Path) -> Vec<(String, Vec<f32>)> {
 #[test]
 fn the_loss_falls_and_metrics_csv_has_its_columns() {
     let dir = temp("falls");
-    let mut run = Run::start(&dir, copy_config(60), false).unwrap();
+    // Two encoder layers, the heatmaps of the first.
+    let config = copy_config(60)
+        .with_overrides(&[
+            "model.encoder_layers=2".into(),
+            "eval.attention_layer=0".into(),
+        ])
+        .unwrap();
+    let mut run = Run::start(&dir, config, false).unwrap();
     assert_eq!(run.train(&quiet()).unwrap(), Outcome::Finished);
     let header = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
     let header = header.lines().next().unwrap();
@@ -84,9 +91,19 @@ fn the_loss_falls_and_metrics_csv_has_its_columns() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(on_disk.steps, 60);
     assert!(on_disk.eval.decode.is_some());
-    for f in ["report.md", "loss.svg", "attention.svg"] {
+    for f in [
+        "report.md",
+        "loss.svg",
+        "attention.svg",
+        "attention-encoder-layers-0-self_attn.svg",
+        "attention-decoder-layers-0-cross_attn.svg",
+    ] {
         assert!(dir.join(f).exists(), "{f} missing");
     }
+    assert!(
+        !dir.join("attention-encoder-layers-1-self_attn.svg")
+            .exists()
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -257,6 +274,6 @@ fn a_users_block_trains_resumes_and_evaluates_through_the_runner() {
     let s = finish(&run, &Outcome::Finished, false).unwrap();
     assert_eq!(s.steps, 20);
     assert!(s.eval.decode.is_some());
-    experiments::summary::rerender_with(&dir, &registry).unwrap();
+    experiments::summary::rerender_with(&dir, &registry, None).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }

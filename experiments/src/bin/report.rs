@@ -14,6 +14,10 @@ struct Cli {
     /// Run folders (written by translate, lm or copy_task).
     #[arg(required = true)]
     runs: Vec<PathBuf>,
+    /// Draw the attention heads of this layer (0-based) of each stack
+    /// (default: the run's `eval.attention_layer`, else the last).
+    #[arg(long)]
+    layer: Option<usize>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -30,7 +34,8 @@ fn main() -> ExitCode {
     }
     let mut ok = true;
     for run in &cli.runs {
-        match experiments::summary::rerender(run) {
+        match experiments::summary::rerender_with(run, &transformer::Registry::builtin(), cli.layer)
+        {
             Ok(()) => println!("{}", run.join("report.md").display()),
             Err(e) => {
                 eprintln!("error: {e}");
