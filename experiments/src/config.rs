@@ -29,6 +29,17 @@ pub enum SyntheticTask {
     Sort,
 }
 
+impl SyntheticTask {
+    /// The task's rule, as the transformer crate defines it.
+    pub fn rule(self) -> transformer::synthetic::Task {
+        match self {
+            SyntheticTask::Copy => transformer::synthetic::Task::Copy,
+            SyntheticTask::Reverse => transformer::synthetic::Task::Reverse,
+            SyntheticTask::Sort => transformer::synthetic::Task::Sort,
+        }
+    }
+}
+
 /// What a run learns, and from which data.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]

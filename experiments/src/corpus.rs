@@ -9,7 +9,7 @@ use std::path::Path;
 use rand::RngExt;
 
 use crate::batching::{Batch, Example, LengthReport, SpecialIds, fit_lengths, make_batch};
-use crate::config::{RunConfig, SyntheticTask, TaskConfig};
+use crate::config::{RunConfig, TaskConfig};
 use crate::data::{DataError, Pair, read_pairs, read_text};
 use crate::vocab::{BOS, EOS, PAD, Vocab};
 
@@ -181,18 +181,13 @@ pub fn read_raw(config: &RunConfig) -> Result<RawData, String> {
                 (0..n)
                     .map(|_| {
                         let len = rng.random_range(*min_len..=*max_len);
-                        let src: Vec<u8> = (0..len)
-                            .map(|_| b'a' + rng.random_range(0..*symbols) as u8)
-                            .collect();
-                        let mut tgt = src.clone();
-                        match task {
-                            SyntheticTask::Copy => {}
-                            SyntheticTask::Reverse => tgt.reverse(),
-                            SyntheticTask::Sort => tgt.sort_unstable(),
-                        }
-                        let words = |s: &[u8]| {
+                        let src: Vec<usize> =
+                            (0..len).map(|_| rng.random_range(0..*symbols)).collect();
+                        let tgt = task.rule().target(&src);
+                        // Symbol i is the letter 'a' + i, one word each.
+                        let words = |s: &[usize]| {
                             s.iter()
-                                .map(|&c| (c as char).to_string())
+                                .map(|&c| char::from(b'a' + c as u8).to_string())
                                 .collect::<Vec<_>>()
                                 .join(" ")
                         };

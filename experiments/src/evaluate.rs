@@ -101,7 +101,8 @@ pub struct EvalReport {
     pub samples: Vec<Sample>,
 }
 
-fn split_stats(
+/// NLL statistics of `model` on seq2seq examples (eval mode, no tape).
+pub fn split_stats(
     model: &Transformer<f32>,
     examples: &[crate::batching::Example],
     tokens: usize,
@@ -112,6 +113,30 @@ fn split_stats(
         total.merge(&eval_batch(model, &b.src, &b.tgt_in, &b.labels));
     }
     total
+}
+
+/// NLL statistics of a language model on its held-out stream (every token
+/// but the first predicted once).
+pub fn lm_valid_stats(model: &Transformer<f32>, data: &LmData, batch_tokens: usize) -> EvalStats {
+    let mut total = EvalStats::default();
+    let per_batch = (batch_tokens / data.context).max(1);
+    for chunk in data.valid_starts().chunks(per_batch) {
+        let b = data.batch(&data.valid, chunk);
+        total.merge(&eval_batch(model, &b.src, &b.tgt_in, &b.labels));
+    }
+    total
+}
+
+/// The held-out statistics the training loop validates on.
+pub fn validation_stats(
+    model: &Transformer<f32>,
+    corpus: &Corpus,
+    batch_tokens: usize,
+) -> EvalStats {
+    match corpus {
+        Corpus::Seq2Seq(d) => split_stats(model, &d.valid, batch_tokens),
+        Corpus::Lm(d) => lm_valid_stats(model, d, batch_tokens),
+    }
 }
 
 fn eval_batch(
@@ -232,12 +257,7 @@ pub fn evaluate_lm(
     samples: usize,
     seed: u64,
 ) -> EvalReport {
-    let mut total = EvalStats::default();
-    let per_batch = (batch_tokens / data.context).max(1);
-    for chunk in data.valid_starts().chunks(per_batch) {
-        let b = data.batch(&data.valid, chunk);
-        total.merge(&eval_batch(model, &b.src, &b.tgt_in, &b.labels));
-    }
+    let total = lm_valid_stats(model, data, batch_tokens);
     let mut valid = LossReport::new(&total);
     // Every held-out token but the first is predicted; the characters
     // those tokens spell are the characters scored.

@@ -29,7 +29,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use transformer::train::Divergence;
 use transformer::{EvalStats, Registry, Trainer};
 
-use crate::batching::{Batch, BatchStream, eval_batches};
+use crate::batching::{Batch, BatchStream};
 use crate::config::RunConfig;
 use crate::corpus::{Corpus, Vocabs, encode, read_raw, seq2seq_batch, train_vocabs};
 use crate::report::{MetricsRow, MetricsWriter, read_metrics, truncate_metrics};
@@ -268,7 +268,11 @@ impl Run {
     /// Validation statistics of the current model: the unsmoothed NLL,
     /// perplexity and accuracy over every held-out token.
     pub fn validate(&self) -> EvalStats {
-        validation_stats(&self.trainer, &self.corpus, self.config.run.batch_tokens)
+        crate::evaluate::validation_stats(
+            &self.trainer.model,
+            &self.corpus,
+            self.config.run.batch_tokens,
+        )
     }
 
     /// Trains until the budget runs out (or the loss diverges), validating
@@ -486,28 +490,6 @@ impl TrainStream {
             (Corpus::Seq2Seq(_), None) => unreachable!("a seq2seq stream has a BatchStream"),
         }
     }
-}
-
-/// Validation statistics of `trainer`'s model on the held-out split.
-pub fn validation_stats(trainer: &Trainer, corpus: &Corpus, batch_tokens: usize) -> EvalStats {
-    let mut total = EvalStats::default();
-    match corpus {
-        Corpus::Seq2Seq(d) => {
-            for idx in eval_batches(&d.valid, batch_tokens) {
-                let b = seq2seq_batch(&d.valid, &idx);
-                total.merge(&trainer.evaluate(&b.src, &b.tgt_in, &b.labels));
-            }
-        }
-        Corpus::Lm(d) => {
-            let starts = d.valid_starts();
-            let per_batch = (batch_tokens / d.context).max(1);
-            for chunk in starts.chunks(per_batch) {
-                let b = d.batch(&d.valid, chunk);
-                total.merge(&trainer.evaluate(&b.src, &b.tgt_in, &b.labels));
-            }
-        }
-    }
-    total
 }
 
 fn progress_bar(
