@@ -117,6 +117,13 @@ pub struct LoopConfig {
     pub seed: u64,
     /// What to do with a pair longer than `model.max_len` allows.
     pub long: LongPolicy,
+    /// At every validation (and before the first step), also record
+    /// per-layer gradient norms, attention entropy per head and the
+    /// rank-collapse measure on a fixed validation batch into
+    /// `telemetry.csv` (see [`crate::telemetry`]). It reads the model
+    /// only: the training is the same bit for bit with it on or off.
+    #[serde(default)]
+    pub telemetry: bool,
 }
 
 /// The evaluation after training.
@@ -133,6 +140,10 @@ pub struct EvalConfig {
     /// report draws; unset = the last.
     #[serde(default)]
     pub attention_layer: Option<usize>,
+    /// Decode (for BLEU and chrF) only the first N test pairs; 0 = all.
+    /// Perplexities always use every pair.
+    #[serde(default)]
+    pub decode_limit: usize,
 }
 
 /// Everything a run depends on.
@@ -231,12 +242,14 @@ impl RunConfig {
                 log_every: 20,
                 seed: 0,
                 long: LongPolicy::Drop,
+                telemetry: false,
             },
             eval: EvalConfig {
                 beam: 4,
                 alpha: 0.6,
                 samples: 8,
                 attention_layer: None,
+                decode_limit: 0,
             },
         };
         let lm = RunConfig {
@@ -294,12 +307,14 @@ impl RunConfig {
                 log_every: 10,
                 seed: 0,
                 long: LongPolicy::Truncate,
+                telemetry: false,
             },
             eval: EvalConfig {
                 beam: 0,
                 alpha: 0.6,
                 samples: 3,
                 attention_layer: None,
+                decode_limit: 0,
             },
         };
         let copy = RunConfig {
@@ -333,12 +348,14 @@ impl RunConfig {
                 log_every: 10,
                 seed: 0,
                 long: LongPolicy::Drop,
+                telemetry: false,
             },
             eval: EvalConfig {
                 beam: 4,
                 alpha: 0.6,
                 samples: 4,
                 attention_layer: None,
+                decode_limit: 0,
             },
         };
         let quick_loop = |c: &RunConfig, steps: u64| LoopConfig {
@@ -396,6 +413,7 @@ impl RunConfig {
                     alpha: 0.6,
                     samples: 2,
                     attention_layer: None,
+                    decode_limit: 0,
                 },
                 ..translate.clone()
             },

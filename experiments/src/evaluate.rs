@@ -21,6 +21,7 @@ use transformer::{Ctx, EvalStats, Hypothesis, TokenBatch, Transformer};
 
 use crate::batching::eval_batches;
 use crate::bleu::{corpus_bleu, corpus_chrf};
+use crate::config::EvalConfig;
 use crate::corpus::{Corpus, LmData, Seq2Seq, Vocabs, seq2seq_batch};
 use crate::vocab::{BOS, EOS, word_count};
 
@@ -198,10 +199,9 @@ pub fn evaluate_seq2seq(
     vocabs: &Vocabs,
     data: &Seq2Seq,
     batch_tokens: usize,
-    beam: usize,
-    alpha: f64,
-    samples: usize,
+    eval: &EvalConfig,
 ) -> EvalReport {
+    let (beam, alpha, samples) = (eval.beam, eval.alpha, eval.samples);
     let per_word = |s: &EvalStats, text: &[crate::data::Pair]| {
         let words: usize = text.iter().map(|p| word_count(&p.tgt) + 1).sum();
         (s.nll_sum / words.max(1) as f64).exp()
@@ -214,8 +214,15 @@ pub fn evaluate_seq2seq(
     test.ppl_word = Some(per_word(&t, &data.test_text));
 
     let start = std::time::Instant::now();
-    let sources: Vec<String> = data.test_text.iter().map(|p| p.src.clone()).collect();
-    let refs: Vec<String> = data.test_text.iter().map(|p| p.tgt.clone()).collect();
+    // BLEU over the first `decode_limit` test pairs (0 = all): an
+    // ablation's dozens of runs decode a sample, a final run all of them.
+    let decoded = match eval.decode_limit {
+        0 => data.test_text.len(),
+        n => n.min(data.test_text.len()),
+    };
+    let pairs = &data.test_text[..decoded];
+    let sources: Vec<String> = pairs.iter().map(|p| p.src.clone()).collect();
+    let refs: Vec<String> = pairs.iter().map(|p| p.tgt.clone()).collect();
     let greedy = translate(model, vocabs, &sources, 1, alpha);
     let beamed = (beam > 1).then(|| translate(model, vocabs, &sources, beam, alpha));
     let exact = greedy
@@ -385,15 +392,9 @@ pub fn evaluate(
     config: &crate::config::RunConfig,
 ) -> EvalReport {
     match corpus {
-        Corpus::Seq2Seq(d) => evaluate_seq2seq(
-            model,
-            vocabs,
-            d,
-            config.run.batch_tokens,
-            config.eval.beam,
-            config.eval.alpha,
-            config.eval.samples,
-        ),
+        Corpus::Seq2Seq(d) => {
+            evaluate_seq2seq(model, vocabs, d, config.run.batch_tokens, &config.eval)
+        }
         Corpus::Lm(d) => evaluate_lm(
             model,
             vocabs,

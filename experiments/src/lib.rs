@@ -17,6 +17,11 @@
 //! - [`bleu`]: corpus BLEU and chrF as sacreBLEU computes them;
 //! - [`report`]: `metrics.csv`, SVG plots (plotters), markdown tables;
 //! - [`summary`]: `summary.json` and a run's `report.md`;
+//! - [`telemetry`]: per-layer gradient norms, attention entropy per head
+//!   and rank collapse, measured at every validation;
+//! - [`stats`]: mean, spread, Welch confidence intervals and verdicts;
+//! - [`ablation`]: the ablation runner (variants x seeds, in parallel,
+//!   resumable) and its reports; [`ablations`]: the ablations themselves;
 //! - [`cli`]: the flags the binaries share.
 //!
 //! Binaries: `translate`, `lm`, `copy_task`, `report`, and `bench` (the
@@ -24,6 +29,8 @@
 
 #![deny(missing_docs)]
 
+pub mod ablation;
+pub mod ablations;
 pub mod batching;
 pub mod bleu;
 pub mod cli;
@@ -32,6 +39,8 @@ pub mod corpus;
 pub mod data;
 pub mod evaluate;
 pub mod report;
+pub mod stats;
 pub mod summary;
+pub mod telemetry;
 pub mod train;
 pub mod vocab;

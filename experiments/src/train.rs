@@ -96,6 +96,12 @@ pub struct Run {
     best: Option<(f64, u64)>,
 }
 
+/// The telemetry file of a run folder (see [`crate::telemetry`]).
+pub const TELEMETRY: &str = "telemetry.csv";
+
+/// Validation rows (sentences or windows) in the telemetry probe batch.
+const PROBE_ROWS: usize = 32;
+
 /// The best checkpoint of a run folder.
 pub fn best_checkpoint(dir: &Path) -> PathBuf {
     dir.join("best.ckpt")
@@ -217,6 +223,8 @@ impl Run {
         }
         let metrics = dir.join("metrics.csv");
         truncate_metrics(&metrics, trainer.step).map_err(|e| e.to_string())?;
+        crate::telemetry::truncate(&dir.join(TELEMETRY), trainer.step)
+            .map_err(|e| e.to_string())?;
         let rows = read_metrics(&metrics).map_err(|e| e.to_string())?;
         let elapsed_before = rows.last().map_or(0.0, |r| r.elapsed_s);
         let best = rows
@@ -302,6 +310,14 @@ impl Run {
         for _ in 0..start_step {
             stream.next_batch();
         }
+        let probe = if cfg.telemetry {
+            crate::telemetry::probe_batch(&self.corpus, PROBE_ROWS)
+        } else {
+            None
+        };
+        if start_step == 0 {
+            self.telemetry(probe.as_ref())?;
+        }
         let (mut loss_sum, mut loss_n, mut tokens) = (0.0f64, 0u64, 0usize);
         let mut window_t = Instant::now();
         let mut outcome = Outcome::Finished;
@@ -376,6 +392,7 @@ impl Run {
                 }
                 metrics.write(&row).map_err(|e| e.to_string())?;
                 if validate_now {
+                    self.telemetry(probe.as_ref())?;
                     self.checkpoint(row.valid_loss)?;
                 }
                 (loss_sum, loss_n, tokens) = (0.0, 0, 0);
@@ -410,6 +427,20 @@ impl Run {
         if verbose {
             bar.suspend(|| println!("{line}"));
         }
+    }
+
+    /// Appends the telemetry of the current model on `probe` (if any).
+    fn telemetry(&mut self, probe: Option<&Batch>) -> Result<(), String> {
+        let Some(batch) = probe else {
+            return Ok(());
+        };
+        let rows = crate::telemetry::measure(
+            &mut self.trainer.model,
+            batch,
+            self.config.train.smoothing,
+            self.trainer.step,
+        );
+        crate::telemetry::append(&self.dir.join(TELEMETRY), &rows).map_err(|e| e.to_string())
     }
 
     /// Writes `last.ckpt`, and `best.ckpt` when `valid_loss` is the lowest

@@ -49,6 +49,8 @@ pub struct Ctx<'t, T: Float = f32> {
     rng: RefCell<Rng>,
     /// Attention weights handed back by the layers, when asked for.
     attention: RefCell<Option<NamedTensors<T>>>,
+    /// Each stack's input and layer outputs, when asked for.
+    hidden: RefCell<Option<NamedTensors<T>>>,
 }
 
 impl<'t, T: Float> Ctx<'t, T> {
@@ -76,6 +78,7 @@ impl<'t, T: Float> Ctx<'t, T> {
             train: mode == Mode::Train,
             rng: RefCell::new(rng),
             attention: RefCell::new(None),
+            hidden: RefCell::new(None),
         }
     }
 
@@ -115,6 +118,41 @@ impl<'t, T: Float> Ctx<'t, T> {
     /// The recorded attention weights, in forward order.
     pub fn take_attention(&self) -> Vec<(String, Tensor<T>)> {
         self.attention.borrow_mut().take().unwrap_or_default()
+    }
+
+    /// From now on, the encoder and decoder stacks record their input
+    /// (`encoder.input`) and every layer's output (`encoder.layers.0`, ...),
+    /// each (B, T, D), before the final norm: what telemetry such as the
+    /// rank-collapse measure of Dong et al. (2021) reads.
+    ///
+    /// ```
+    /// use autograd::Tape;
+    /// use transformer::{Ctx, ModelConfig, TokenBatch, Transformer};
+    /// let model = Transformer::<f64>::new(&ModelConfig::tiny(8, 8), 0).unwrap();
+    /// let tape: Tape<f64> = Tape::new();
+    /// let ctx = Ctx::eval(&tape);
+    /// ctx.keep_hidden();
+    /// let src = TokenBatch::padded(&[vec![3, 4, 5]], 0);
+    /// let tgt = TokenBatch::padded(&[vec![1, 3]], 0);
+    /// model.forward(&ctx, &src, &tgt);
+    /// let names: Vec<String> = ctx.take_hidden().into_iter().map(|(n, _)| n).collect();
+    /// assert_eq!(names[0], "encoder.input");
+    /// assert!(names.contains(&"decoder.layers.1".to_string()));
+    /// ```
+    pub fn keep_hidden(&self) {
+        self.hidden.borrow_mut().get_or_insert_with(Vec::new);
+    }
+
+    /// Records a hidden state if [`Ctx::keep_hidden`] was called.
+    pub fn record_hidden(&self, name: impl FnOnce() -> String, x: Var<'t, T>) {
+        if let Some(list) = self.hidden.borrow_mut().as_mut() {
+            list.push((name(), x.value()));
+        }
+    }
+
+    /// The recorded hidden states, in forward order.
+    pub fn take_hidden(&self) -> NamedTensors<T> {
+        self.hidden.borrow_mut().take().unwrap_or_default()
     }
 
     /// Hands the generator back (to keep its state across steps).

@@ -248,8 +248,8 @@ impl<L, T: Float> Stack<L, T> {
     }
 
     /// Runs every layer (`f` runs one and hands back its attention
-    /// weights), records the weights if the context keeps them, then the
-    /// final norm.
+    /// weights), records the weights and the hidden states (input and each
+    /// layer's output) if the context keeps them, then the final norm.
     fn run<'t>(
         &self,
         ctx: &Ctx<'t, T>,
@@ -258,8 +258,10 @@ impl<L, T: Float> Stack<L, T> {
         f: impl Fn(&L, Var<'t, T>, &mut Weights<'t, T>) -> Var<'t, T>,
     ) -> Var<'t, T> {
         let mut weights = Vec::new();
+        ctx.record_hidden(|| format!("{}.input", self.name), x);
         for (i, layer) in self.layers.iter().enumerate() {
             x = f(layer, x, &mut weights);
+            ctx.record_hidden(|| format!("{}.layers.{i}", self.name), x);
             for (block, w) in weights.drain(..) {
                 ctx.record_attention(|| format!("{}.layers.{i}.{block}", self.name), w);
             }
