@@ -137,7 +137,7 @@ impl<'t, T: Float> Ctx<'t, T> {
     /// model.forward(&ctx, &src, &tgt);
     /// let names: Vec<String> = ctx.take_hidden().into_iter().map(|(n, _)| n).collect();
     /// assert_eq!(names[0], "encoder.input");
-    /// assert!(names.contains(&"decoder.layers.1".to_string()));
+    /// assert!(names.contains(&"decoder.layers.0".to_string()));
     /// ```
     pub fn keep_hidden(&self) {
         self.hidden.borrow_mut().get_or_insert_with(Vec::new);
