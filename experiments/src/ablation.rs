@@ -492,7 +492,8 @@ fn judge_one(
         Some(ci) => {
             let v = verdict(expect, ci, base_mean);
             let why = match (v, expect) {
-                (Verdict::Inconclusive, Expect::Same { margin }) if ci.includes_zero() => format!(
+                // `Same` is inconclusive only when the CI includes 0.
+                (Verdict::Inconclusive, Expect::Same { margin }) => format!(
                     "CI includes 0 but reaches beyond ±{:.0}% of the baseline",
                     100.0 * margin
                 ),
@@ -500,14 +501,10 @@ fn judge_one(
                 (Verdict::Reproduces, Expect::Same { margin }) => {
                     format!("CI within ±{:.0}% of the baseline", 100.0 * margin)
                 }
+                (Verdict::Reproduces, Expect::Higher) => "CI above 0".to_string(),
+                (Verdict::Reproduces, Expect::Lower) => "CI below 0".to_string(),
                 (Verdict::Contradicts, Expect::Same { .. }) => "CI excludes 0".to_string(),
-                (_, Expect::Higher) => "CI above 0".to_string(),
-                (_, Expect::Lower) => "CI below 0".to_string(),
-            };
-            let why = if v == Verdict::Contradicts && !matches!(expect, Expect::Same { .. }) {
-                "CI on the other side of 0".to_string()
-            } else {
-                why
+                (Verdict::Contradicts, _) => "CI on the other side of 0".to_string(),
             };
             (Some(v), format!("{why}{note}"))
         }
@@ -645,8 +642,14 @@ pub fn report(
         ],
         &vrows,
     ));
-    let tele = telemetry_table(ablation, dir)?;
-    if !tele.is_empty() {
+    // Every run's telemetry, read once: [variant][seed] -> rows.
+    let tele: Vec<Vec<Vec<TelemetryRow>>> = ablation
+        .variants
+        .iter()
+        .map(|v| variant_telemetry(dir, &v.name, &ablation.seeds))
+        .collect::<Result<_, _>>()?;
+    let tele_md = telemetry_table(ablation, &tele);
+    if !tele_md.is_empty() {
         let _ = writeln!(
             md,
             "\n## Telemetry (mean over seeds; see the SVGs)\n\n\
@@ -655,7 +658,7 @@ pub fn report(
              output at the end (0 = every token the same); entropy: the mean attention \
              entropy over every head at the end (nats).\n"
         );
-        md.push_str(&tele);
+        md.push_str(&tele_md);
     }
     let _ = writeln!(
         md,
@@ -664,7 +667,7 @@ pub fn report(
     );
     write_atomic(&dir.join("summary.md"), md.as_bytes())?;
     curves(ablation, dir)?;
-    telemetry_plots(ablation, dir)?;
+    telemetry_plots(ablation, &tele, dir)?;
     Ok(md)
 }
 
@@ -714,8 +717,7 @@ fn curves(ablation: &Ablation, dir: &Path) -> Result<(), String> {
         let mut s = mean_band(&steps);
         s.name = format!("{} ({} seeds)", v.name, steps.len());
         // Against time: the mean time of each step over seeds.
-        let t = mean_band(&times);
-        let time_of: Vec<(f64, f64)> = t.points.clone();
+        let time_of = mean_band(&times).points;
         let mut st = Series {
             name: s.name.clone(),
             points: Vec::new(),
@@ -820,7 +822,11 @@ fn main_stack(rows: &[TelemetryRow]) -> &'static str {
     }
 }
 
-fn telemetry_plots(ablation: &Ablation, dir: &Path) -> Result<(), String> {
+fn telemetry_plots(
+    ablation: &Ablation,
+    tele: &[Vec<Vec<TelemetryRow>>],
+    dir: &Path,
+) -> Result<(), String> {
     type Pick = (
         &'static str,
         &'static str,
@@ -865,8 +871,7 @@ fn telemetry_plots(ablation: &Ablation, dir: &Path) -> Result<(), String> {
     ];
     for (file, metric, step, what, x_label, log_y) in plots {
         let mut series = Vec::new();
-        for v in &ablation.variants {
-            let per_seed = variant_telemetry(dir, &v.name, &ablation.seeds)?;
+        for (v, per_seed) in ablation.variants.iter().zip(tele) {
             let curves: Vec<Vec<(f64, f64)>> = per_seed
                 .iter()
                 .filter(|rows| !rows.is_empty())
@@ -906,10 +911,9 @@ fn telemetry_plots(ablation: &Ablation, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn telemetry_table(ablation: &Ablation, dir: &Path) -> Result<String, String> {
+fn telemetry_table(ablation: &Ablation, tele: &[Vec<Vec<TelemetryRow>>]) -> String {
     let mut rows = Vec::new();
-    for v in &ablation.variants {
-        let per_seed = variant_telemetry(dir, &v.name, &ablation.seeds)?;
+    for (v, per_seed) in ablation.variants.iter().zip(tele) {
         let per_seed: Vec<&Vec<TelemetryRow>> = per_seed.iter().filter(|r| !r.is_empty()).collect();
         if per_seed.is_empty() {
             continue;
@@ -947,9 +951,9 @@ fn telemetry_table(ablation: &Ablation, dir: &Path) -> Result<String, String> {
         ]);
     }
     if rows.is_empty() {
-        return Ok(String::new());
+        return String::new();
     }
-    Ok(markdown_table(
+    markdown_table(
         &[
             "variant",
             "grad norm, first layer (init)",
@@ -958,5 +962,5 @@ fn telemetry_table(ablation: &Ablation, dir: &Path) -> Result<String, String> {
             "attention entropy",
         ],
         &rows,
-    ))
+    )
 }

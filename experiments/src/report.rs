@@ -75,7 +75,8 @@ impl fmt::Display for ReportError {
 
 impl std::error::Error for ReportError {}
 
-fn error(path: &Path, line: Option<usize>, message: impl Into<String>) -> ReportError {
+/// A [`ReportError`] (shared with [`crate::telemetry`]).
+pub(crate) fn error(path: &Path, line: Option<usize>, message: impl Into<String>) -> ReportError {
     ReportError {
         path: path.to_path_buf(),
         line,

@@ -39,7 +39,7 @@ use transformer::{Ctx, Entry, Module, Transformer, Visitor};
 
 use crate::batching::Batch;
 use crate::corpus::{Corpus, seq2seq_batch};
-use crate::report::ReportError;
+use crate::report::{ReportError, error};
 
 /// One measurement: `metric` of `module` (and `head`, for attention) at `step`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -238,14 +238,6 @@ pub fn measure(
         }
     }
     rows
-}
-
-fn error(path: &Path, line: Option<usize>, message: impl Into<String>) -> ReportError {
-    ReportError {
-        path: path.to_path_buf(),
-        line,
-        message: message.into(),
-    }
 }
 
 /// Appends rows to `telemetry.csv` (writing the header first if the file
