@@ -195,6 +195,12 @@ pub struct RunResult {
     pub bleu: Option<f64>,
     /// Training seconds.
     pub train_seconds: f64,
+    /// Seconds of the final evaluation (validation and decoding).
+    #[serde(default)]
+    pub eval_seconds: f64,
+    /// The source tree's commit when the run finished, if known.
+    #[serde(default)]
+    pub commit: Option<String>,
 }
 
 impl RunResult {
@@ -211,6 +217,8 @@ impl RunResult {
             valid_acc: s.eval.valid.accuracy,
             bleu: s.eval.decode.as_ref().map(|d| d.bleu_greedy),
             train_seconds: s.train_seconds,
+            eval_seconds: s.eval_seconds,
+            commit: s.git_commit.clone(),
         }
     }
 
