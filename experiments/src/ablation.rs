@@ -661,8 +661,8 @@ pub fn report(
         let _ = writeln!(
             md,
             "\n## Telemetry (mean over seeds; see the SVGs)\n\n\
-             grad norm: the gradient norm of the first and the last layer at initialisation \
-             (step 0); rank collapse: `||X - 1 x̄ᵀ|| / ||X||` of the last encoder layer's \
+             grad norm: the gradient norm of the first encoder layer's and the last decoder \
+             layer's parameters at initialisation (step 0); rank collapse: `||X - 1 x̄ᵀ|| / ||X||` of the last encoder layer's \
              output at the end (0 = every token the same); entropy: the mean attention \
              entropy over every head at the end (nats).\n"
         );
@@ -849,7 +849,7 @@ fn telemetry_plots(
             GRAD_NORM,
             Some(0),
             "gradient norm per layer at initialisation (step 0)",
-            "layer (embeddings, encoder, decoder, generator in model order)",
+            "layer (encoder layers, then decoder layers)",
             true,
         ),
         (
@@ -857,7 +857,7 @@ fn telemetry_plots(
             GRAD_NORM,
             None,
             "gradient norm per layer at the end",
-            "layer (model order)",
+            "layer (encoder layers, then decoder layers)",
             true,
         ),
         (
@@ -885,7 +885,15 @@ fn telemetry_plots(
                 .filter(|rows| !rows.is_empty())
                 .map(|rows| {
                     let stack = main_stack(rows);
-                    let keep = |m: &str| metric != RANK_COLLAPSE || m.starts_with(stack);
+                    // Only the encoder and decoder layers, so that the x
+                    // positions mean the same in every variant (a pre-norm
+                    // model has two more modules, its final norms; the
+                    // embeddings and final norms stay in telemetry.csv).
+                    let keep = |m: &str| match metric {
+                        RANK_COLLAPSE => m.starts_with(stack),
+                        GRAD_NORM => m.contains(".layers."),
+                        _ => true,
+                    };
                     profile(rows, metric, step, &keep)
                         .into_iter()
                         .enumerate()

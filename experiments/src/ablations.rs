@@ -567,10 +567,18 @@ pub fn run(name: &str, args: &AblationArgs) -> Result<SweepOutcome, String> {
     })
 }
 
-/// Writes `<out>/README.md`, the index of finished sweeps: per ablation its
-/// question, the command, the runs, the run time and every verdict, then
-/// each one's curves. Returns the text.
-pub fn index(outcomes: &[SweepOutcome], out: &Path, command: &str) -> Result<String, String> {
+/// Writes `path` (`results/README.md`), the index of finished sweeps: per
+/// ablation its question, the command, the runs, the run time and every
+/// verdict, then each one's curves. The sweeps' folders must be beside
+/// `path` (the links are relative). Returns the text.
+pub fn index(outcomes: &[SweepOutcome], path: &Path, command: &str) -> Result<String, String> {
+    // The folder name of each sweep, relative to the index.
+    let folder = |o: &SweepOutcome| {
+        o.dir.file_name().map_or_else(
+            || o.ablation.name.clone(),
+            |f| f.to_string_lossy().into_owned(),
+        )
+    };
     let mut md = String::new();
     let _ = writeln!(md, "# Ablation results\n");
     let mut commits: Vec<String> = outcomes
@@ -611,7 +619,7 @@ pub fn index(outcomes: &[SweepOutcome], out: &Path, command: &str) -> Result<Str
                 })
                 .collect();
             vec![
-                format!("[{}]({}/summary.md)", a.name, a.name),
+                format!("[{}]({}/summary.md)", a.name, folder(o)),
                 a.question.clone(),
                 format!(
                     "`cargo run --release -p experiments --bin {}_ablation`",
@@ -644,11 +652,16 @@ pub fn index(outcomes: &[SweepOutcome], out: &Path, command: &str) -> Result<Str
         let _ = writeln!(
             md,
             "## {}\n\n{}\n\n![validation perplexity of {}]({}/curves.svg)\n",
-            o.ablation.name, o.ablation.question, o.ablation.name, o.ablation.name
+            o.ablation.name,
+            o.ablation.question,
+            o.ablation.name,
+            folder(o)
         );
     }
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    write_atomic(&out.join("README.md"), md.as_bytes())?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    write_atomic(path, md.as_bytes())?;
     Ok(md)
 }
 
@@ -678,13 +691,13 @@ pub fn main_all() -> std::process::ExitCode {
         }
         let command = std::env::args().collect::<Vec<_>>().join(" ");
         // The quick sweeps' index goes beside them, not over the real one.
-        let out = if args.quick {
-            args.out.join("quick")
+        let path = args.out.join(if args.quick {
+            "README-quick.md"
         } else {
-            args.out.clone()
-        };
-        index(&outcomes, &out, &command)?;
-        Ok(out.join("README.md"))
+            "README.md"
+        });
+        index(&outcomes, &path, &command)?;
+        Ok(path)
     };
     match go() {
         Ok(path) => {

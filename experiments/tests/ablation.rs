@@ -168,6 +168,7 @@ fn rerunning_a_sweep_skips_finished_runs_and_resumes_interrupted_ones() {
         let mut s = second.clone();
         for (x, y) in s.iter_mut().zip(&first) {
             x.train_seconds = y.train_seconds;
+            x.eval_seconds = y.eval_seconds;
         }
         s
     });
@@ -224,4 +225,32 @@ fn every_ablation_binary_runs_its_quick_sweep() {
     // A bad flag is an error with exit code 2 (clap), not a panic.
     let out = Command::new(bins[0]).arg("--jobs=x").output().unwrap();
     assert!(!out.status.success());
+
+    // all_ablations finds the six sweeps finished (same configs) and writes
+    // the index, whose links point at them.
+    let out = Command::new(env!("CARGO_BIN_EXE_all_ablations"))
+        .args(["--quick", "--no-progress", "--out"])
+        .arg(&tmp.0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "all_ablations: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let index = std::fs::read_to_string(tmp.0.join("README-quick.md")).unwrap();
+    for name in ABLATIONS {
+        let link = format!("({name}-quick/summary.md)");
+        assert!(index.contains(&link), "{link} missing:\n{index}");
+        assert!(tmp.0.join(format!("{name}-quick/curves.svg")).exists());
+    }
+    assert!(index.contains("bn-post vs ln-post: "), "{index}");
+    // It refuses --only (variants belong to one ablation).
+    let out = Command::new(env!("CARGO_BIN_EXE_all_ablations"))
+        .args(["--quick", "--only", "bn-post", "--out"])
+        .arg(&tmp.0)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--only"));
 }
