@@ -132,8 +132,10 @@ pub const FINE_STEP: f64 = 1e-6;
 /// h`, relative to the 1e-3 floor) grows tenfold instead, and the worst
 /// element of the re-check may be another one, limited by rounding; so the
 /// factor asked for is well below 100. A wrong gradient's error does not
-/// fall at all (a factor near 1). Not yet calibrated by a soak run: the
-/// re-check prints its factors (`--nocapture`) for that.
+/// fall at all (a factor near 1). A soak of 300 random draws of the model
+/// and layer tests (issue 13) needed 4 re-checks in 1699 model checks, whose
+/// errors fell 19-, 72-, 88- and 100-fold; the re-check prints its factors
+/// (`--nocapture`).
 pub const MIN_SHRINK: f64 = 5.0;
 
 /// Accepts a gradient check: `first` at the default step must pass, or fail
