@@ -1,30 +1,38 @@
 //! Results do not depend on the number of threads: every kernel sums in an
-//! order fixed by the shapes alone, so 1 and 2 rayon threads give
-//! bit-identical results (`Tensor::bit_eq`), in f32.
+//! order fixed by the shapes alone, so 1, 2, 3 and 4 rayon threads give
+//! bit-identical results (`Tensor::bit_eq`), in f32. Three threads matter:
+//! the matmul split into per-thread blocks puts its block boundaries at
+//! `ceil(n / threads)` rounded to 8, which 2 and 4 threads share on even
+//! sizes and 3 threads moves.
 //!
 //! The sizes are chosen to take the parallel paths of `kernels.rs`:
 //! `PAR_MIN` = 2^15 elements for maps, rows and reductions; for matmul,
 //! `GEMM_PAR_MIN_FLOPS` = 2^21 multiply-adds, above which one product is
 //! split into per-thread blocks of rows (m >= n) or of columns (m < n) and a
 //! batch of products runs in parallel over the batch. Odd sizes check that
-//! the split does not change the arithmetic of edge tiles.
+//! the split does not change the arithmetic of edge tiles. Bit equality
+//! does not show that the parallel results are *right* (an indexing bug
+//! whose partition does not depend on the thread count gives the same
+//! wrong answer on every count): `autograd_large.rs` checks the values.
 
 use autograd::{Tape, Tensor, Var};
 use tests::util::with_threads;
 
-/// Runs `f` on 1 and on 2 threads and asserts that every returned tensor is
-/// bit-identical between the two runs.
+/// Runs `f` on 1, 2, 3 and 4 threads and asserts that every returned
+/// tensor is bit-identical between the runs.
 #[track_caller]
 fn assert_thread_independent(what: &str, f: impl Fn() -> Vec<Tensor<f32>> + Sync) {
     let one = with_threads(1, &f);
-    let two = with_threads(2, &f);
-    assert_eq!(one.len(), two.len());
-    for (i, (a, b)) in one.iter().zip(&two).enumerate() {
-        assert!(
-            a.bit_eq(b),
-            "{what}: result {i} differs between 1 and 2 threads (max abs diff {:e})",
-            a.max_abs_diff(b)
-        );
+    for threads in [2, 3, 4] {
+        let many = with_threads(threads, &f);
+        assert_eq!(one.len(), many.len());
+        for (i, (a, b)) in one.iter().zip(&many).enumerate() {
+            assert!(
+                a.bit_eq(b),
+                "{what}: result {i} differs between 1 and {threads} threads (max abs diff {:e})",
+                a.max_abs_diff(b)
+            );
+        }
     }
 }
 

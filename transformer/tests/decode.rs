@@ -7,12 +7,15 @@
 //! - Decoding stops at the end token and at the maximum length (source
 //!   length without padding + 50, capped by the model's `max_len - 1`).
 //! - Batched decoding equals decoding each source alone.
+//! - Beam search equals exhaustive search when the beam holds every prefix
+//!   (small vocabularies and lengths).
 
 use std::collections::HashMap;
 
 use autograd::Tape;
 use proptest::prelude::*;
 use transformer::decode::StepFn;
+mod common;
 use transformer::{
     Ctx, Hypothesis, ModelConfig, TokenBatch, Transformer, beam, greedy, length_penalty,
 };
@@ -140,11 +143,7 @@ fn lp(ps: &[f64]) -> f64 {
 // ---------------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(64),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(common::pcfg(64))]
 
     #[test]
     fn beam_of_one_is_greedy_on_random_tables(
@@ -528,4 +527,84 @@ fn step_functions_are_trait_objects() {
     let step: &mut StepFn<'_> = &mut f;
     let g = greedy(step, &[4, 4], BOS, EOS);
     assert_eq!(g.len(), 2);
+}
+
+// ---------------------------------------------------------------------------
+// Beam search against exhaustive search (issue 13)
+// ---------------------------------------------------------------------------
+
+/// Every hypothesis the searches can produce for one source of `t`, scored
+/// as beam search scores them: each sequence of at most `max_len - 1`
+/// non-end tokens followed by the end token (length counting it), and each
+/// sequence of exactly `max_len` tokens, cut there (unfinished). Log
+/// probabilities are summed in f64 in token order, as the searches do.
+fn all_hypotheses(t: &Table, max_len: usize, alpha: f64) -> Vec<Hypothesis> {
+    let mut out = Vec::new();
+    // (prefix with the start token, log-probability so far)
+    let mut frontier = vec![(vec![BOS], 0.0f64)];
+    while let Some((p, logp)) = frontier.pop() {
+        let lps = t.log_probs(t.sources[0], &p);
+        let tokens = p[1..].to_vec();
+        if tokens.len() == max_len {
+            out.push(Hypothesis {
+                score: logp / length_penalty(max_len, alpha),
+                tokens,
+                log_prob: logp,
+                finished: false,
+            });
+            continue;
+        }
+        let ended = logp + f64::from(lps[EOS]);
+        out.push(Hypothesis {
+            score: ended / length_penalty(tokens.len() + 1, alpha),
+            tokens,
+            log_prob: ended,
+            finished: true,
+        });
+        for (tok, &l) in lps.iter().enumerate() {
+            if tok != EOS {
+                let mut q = p.clone();
+                q.push(tok);
+                frontier.push((q, logp + f64::from(l)));
+            }
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(common::pcfg(48))]
+
+    /// With a beam wider than the number of prefixes of any length
+    /// (`(V - 1)^max_len <= 81` here), beam search keeps every prefix and
+    /// must return exactly the best of all hypotheses (same tokens, same
+    /// log-probability, same score); with a narrow beam it returns one of
+    /// them, scored correctly, and never a better one than the best.
+    #[test]
+    fn beam_search_is_exhaustive_search_when_the_beam_holds_every_prefix(
+        seed in any::<u64>(),
+        vocab in 3usize..=4,
+        max_len in 1usize..=4,
+        alpha in prop_oneof![Just(0.0), Just(0.6), Just(1.5)],
+        narrow in 2usize..=3,
+    ) {
+        let t = Table { seed, vocab, sources: vec![0] };
+        let all = all_hypotheses(&t, max_len, alpha);
+        // Finished with 0..max_len tokens, or cut at max_len: sum of (V-1)^i.
+        let expected: usize = (0..max_len).map(|i| (vocab - 1).pow(i as u32)).sum::<usize>()
+            + (vocab - 1).pow(max_len as u32);
+        prop_assert_eq!(all.len(), expected);
+        let best = all
+            .iter()
+            .reduce(|b, h| if h.score > b.score { h } else { b })
+            .unwrap();
+        // No two hypotheses tie for the best (the draws are continuous).
+        prop_assume!(all.iter().filter(|h| h.score == best.score).count() == 1);
+        let wide = run_beam(&t, &[max_len], 200, alpha);
+        prop_assert_eq!(&wide[0], best, "beam 200 vs exhaustive, {} hypotheses", all.len());
+        let small = &run_beam(&t, &[max_len], narrow, alpha)[0];
+        let same = all.iter().find(|h| h.tokens == small.tokens && h.finished == small.finished);
+        prop_assert_eq!(Some(small), same, "beam {} returned a hypothesis scored differently", narrow);
+        prop_assert!(small.score <= best.score);
+    }
 }
