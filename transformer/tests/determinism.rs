@@ -14,24 +14,41 @@ use transformer::{
     Ctx, Mode, ModelConfig, NamedTensors, TrainConfig, Trainer, clip_grad_norm, named_tensors, rng,
 };
 
+/// A trainer for `model` with clipping at 0.5 (it bites on a fresh model)
+/// and the paper's schedule for width `d_model`.
+fn trainer(model: ModelConfig, d_model: usize, seed: u64) -> Trainer {
+    let train = TrainConfig {
+        clip_norm: Some(0.5),
+        ..TrainConfig::paper(d_model)
+    };
+    Trainer::new(model, train, seed).unwrap()
+}
+
+/// `n` copy-task batches of `batch` sentences of `min_len..=max_len` tokens.
+fn copy_batches(
+    seed: u64,
+    n: usize,
+    batch: usize,
+    min_len: usize,
+    max_len: usize,
+) -> Vec<Seq2SeqBatch> {
+    let mut r = rng(seed);
+    (0..n)
+        .map(|_| copy_batch(&mut r, batch, min_len, max_len, COPY_VOCAB))
+        .collect()
+}
+
 fn fresh() -> Trainer {
     let model = ModelConfig {
         dropout: 0.1,
         attention_dropout: 0.1,
         ..ModelConfig::tiny(COPY_VOCAB, COPY_VOCAB)
     };
-    let train = TrainConfig {
-        clip_norm: Some(0.5),
-        ..TrainConfig::paper(32)
-    };
-    Trainer::new(model, train, 11).unwrap()
+    trainer(model, 32, 11)
 }
 
 fn batches() -> Vec<Seq2SeqBatch> {
-    let mut r = rng(12);
-    (0..6)
-        .map(|_| copy_batch(&mut r, 8, 2, 9, COPY_VOCAB))
-        .collect()
+    copy_batches(12, 6, 8, 2, 9)
 }
 
 /// Named tensors as bits.
@@ -183,18 +200,11 @@ fn fresh_big() -> Trainer {
         ffn_dropout: 0.1,
         ..ModelConfig::tiny(COPY_VOCAB, COPY_VOCAB)
     };
-    let train = TrainConfig {
-        clip_norm: Some(0.5),
-        ..TrainConfig::paper(64)
-    };
-    Trainer::new(model, train, 21).unwrap()
+    trainer(model, 64, 21)
 }
 
 fn big_batches() -> Vec<Seq2SeqBatch> {
-    let mut r = rng(22);
-    (0..3)
-        .map(|_| copy_batch(&mut r, 32, 8, 12, COPY_VOCAB))
-        .collect()
+    copy_batches(22, 3, 32, 8, 12)
 }
 
 /// `Trainer::step` written out from the public pieces, with the context
