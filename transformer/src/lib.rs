@@ -44,7 +44,7 @@ pub mod synthetic;
 pub mod train;
 
 pub use ctx::{Ctx, Mode, NamedTensors, Rng, rng};
-pub use decode::{Hypothesis, beam, greedy, length_penalty};
+pub use decode::{DecodeState, Hypothesis, KvCache, beam, greedy, length_penalty};
 pub use gradcheck::{gradcheck_module, gradcheck_transformer};
 pub use layers::{
     Activation, BatchNorm, Embedding, FeedForward, LayerNorm, Linear, MultiHeadAttention, NoNorm,

@@ -12,12 +12,14 @@
 
 use std::collections::HashMap;
 
-use autograd::Tape;
+use autograd::{Tape, Tensor};
 use proptest::prelude::*;
+use rand::RngExt;
 use transformer::decode::StepFn;
 mod common;
 use transformer::{
-    Ctx, Hypothesis, ModelConfig, TokenBatch, Transformer, beam, greedy, length_penalty,
+    Ctx, Hypothesis, KvCache, ModelConfig, Placement, TokenBatch, Transformer, Tying, beam, greedy,
+    length_penalty, rng,
 };
 
 const PAD: usize = 0;
@@ -607,4 +609,320 @@ proptest! {
         prop_assert_eq!(Some(small), same, "beam {} returned a hypothesis scored differently", narrow);
         prop_assert!(small.score <= best.score);
     }
+}
+
+// ---------------------------------------------------------------------------
+// Key/value caches (issue 11): the cached path against the uncached one
+// ---------------------------------------------------------------------------
+
+/// A random model of the variety the cache must handle: post or pre norm,
+/// each built-in norm and positional block, tied or not, decoder-only or not.
+fn cache_model(
+    knobs: (bool, usize, usize, usize, bool),
+    heads: usize,
+    seed: u64,
+) -> Transformer<f64> {
+    let (pre, norm, pos, tying, decoder_only) = knobs;
+    let cfg = ModelConfig {
+        d_model: 8,
+        heads,
+        d_ff: 12,
+        encoder_layers: if decoder_only { 0 } else { 2 },
+        decoder_layers: 2,
+        max_len: 12,
+        placement: if pre { Placement::Pre } else { Placement::Post },
+        norm: ["layer", "batch", "none"][norm].into(),
+        positional: ["sinusoidal", "learned", "none"][pos].into(),
+        tying: [Tying::All, Tying::Output, Tying::None][tying],
+        ..ModelConfig::tiny(10, 10)
+    };
+    Transformer::new(&cfg, seed).unwrap()
+}
+
+/// Feeds random tokens (pads among them) for `steps` steps with random row
+/// reorders between steps, and checks every step's logits against the
+/// uncached decoder over each row's whole prefix.
+fn check_decode_steps(model: &Transformer<f64>, src: &TokenBatch, steps: usize, seed: u64) {
+    let mut r = rng(seed);
+    let n = src.batch;
+    let mut state = model.start_decoding(src, model.config.max_len);
+    // Per row: (source, tokens fed).
+    let mut rows: Vec<(usize, Vec<usize>)> = (0..n).map(|b| (b, Vec::new())).collect();
+    for step in 0..steps {
+        if step > 0 {
+            let m = r.random_range(1..=2 * n);
+            let idx: Vec<usize> = (0..m).map(|_| r.random_range(0..rows.len())).collect();
+            state.reorder(&idx);
+            rows = idx.iter().map(|&i| rows[i].clone()).collect();
+        }
+        let tokens: Vec<usize> = (0..rows.len())
+            .map(|_| {
+                if step == 0 {
+                    BOS
+                } else {
+                    r.random_range(0..10)
+                }
+            })
+            .collect();
+        for (row, &t) in rows.iter_mut().zip(&tokens) {
+            row.1.push(t);
+        }
+        let fast = model.decode_step(&mut state, &tokens); // (R, V)
+        assert_eq!(
+            state.sources(),
+            rows.iter().map(|x| x.0).collect::<Vec<_>>()
+        );
+        // The reference: the whole prefixes through the uncached decoder.
+        let (rr, len) = (rows.len(), step + 1);
+        let src_ids: Vec<usize> = rows.iter().flat_map(|x| src.row(x.0).to_vec()).collect();
+        let tgt_ids: Vec<usize> = rows.iter().flat_map(|x| x.1.clone()).collect();
+        let tape = Tape::no_grad();
+        let ctx = Ctx::eval(&tape);
+        let slow = model
+            .forward(
+                &ctx,
+                &TokenBatch::new(src_ids, rr, src.len),
+                &TokenBatch::new(tgt_ids, rr, len),
+            )
+            .narrow(1, len - 1, 1)
+            .value()
+            .reshape(&[rr, 10]); // (R, V)
+        assert!(
+            fast.allclose(&slow, 1e-10, 1e-10),
+            "step {step}: cached logits differ from the uncached ones\n{fast:?}\n{slow:?}"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(common::pcfg(24))]
+
+    /// Every built-in variant, with reorders (beam reselection, finished
+    /// rows dropped), source padding and generated pads, in f64: the
+    /// cached step equals the uncached decoder to 1e-10.
+    #[test]
+    fn cached_decode_steps_equal_the_uncached_decoder(
+        knobs in (any::<bool>(), 0..3usize, 0..3usize, 0..3usize, any::<bool>()),
+        heads in prop::sample::select(vec![1usize, 2, 4]),
+        seed in 0..1000u64,
+        steps in 1..8usize,
+    ) {
+        let model = cache_model(knobs, heads, seed);
+        prop_assert!(model.supports_kv_cache());
+        let src = if knobs.4 {
+            TokenBatch::new(Vec::new(), 3, 0) // decoder-only: empty sources (B, 0)
+        } else {
+            TokenBatch::padded(&[vec![3, 4, 5, 6], vec![8, 9], vec![5]], PAD)
+        };
+        check_decode_steps(&model, &src, steps, seed);
+    }
+}
+
+/// The cache's attention kernel against the fused `attention` op, with a
+/// mask of each broadcast shape and a fully masked row.
+#[test]
+fn decode_cache_attention_matches_the_attention_op() {
+    let (rows, tq, tk, d) = (3, 2, 5, 8);
+    for heads in [1, 2, 4] {
+        for mask_shape in [
+            None,
+            Some([rows, 1, tq, tk]),
+            Some([1, 1, 1, tk]),
+            Some([rows, 1, 1, tk]),
+        ] {
+            let q = Tensor::<f64>::randn(&[rows, tq, d], 0.0, 1.0, 1); // (R, Tq, D)
+            let k = Tensor::<f64>::randn(&[rows, tk, d], 0.0, 1.0, 2); // (R, Tk, D)
+            let v = Tensor::<f64>::randn(&[rows, tk, d], 0.0, 1.0, 3); // (R, Tk, D)
+            let mask = mask_shape.map(|s| {
+                let n: usize = s.iter().product();
+                // Masks every third entry, and the whole first key row when
+                // the mask has a row per query (a fully masked query).
+                let data = (0..n)
+                    .map(|i| f64::from(u8::from(i % 3 == 1 || (s[2] == tq && i < tk))))
+                    .collect();
+                Tensor::from_vec(data, &s)
+            });
+            let mut cache = KvCache::new(rows, 7, d);
+            // In two appends, as decoding fills it.
+            cache.append(&k.narrow(1, 0, 2), &v.narrow(1, 0, 2));
+            cache.append(&k.narrow(1, 2, 3), &v.narrow(1, 2, 3));
+            let fast = cache.attend(&q, heads, mask.as_ref());
+            let tape = Tape::no_grad();
+            let slow = tape
+                .constant(q.clone())
+                .attention(tape.constant(k), tape.constant(v), heads, mask.as_ref())
+                .value();
+            assert!(
+                fast.allclose(&slow, 1e-12, 1e-12),
+                "heads {heads}, mask {mask_shape:?}:\n{fast:?}\n{slow:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn kv_cache_reorder_then_append_keeps_each_rows_history() {
+    let mut c = KvCache::<f64>::new(2, 3, 1); // 2 rows, 3 positions, width 1
+    c.append(
+        &Tensor::from_vec(vec![1.0, 2.0], &[2, 1, 1]),
+        &Tensor::from_vec(vec![10.0, 20.0], &[2, 1, 1]),
+    );
+    c.reorder(&[1, 0, 1]);
+    c.append(
+        &Tensor::from_vec(vec![3.0, 4.0, 5.0], &[3, 1, 1]),
+        &Tensor::from_vec(vec![30.0, 40.0, 50.0], &[3, 1, 1]),
+    );
+    assert_eq!((c.rows(), c.len()), (3, 2));
+    assert_eq!(
+        [c.keys(0), c.keys(1), c.keys(2)],
+        [&[2.0, 3.0][..], &[1.0, 4.0], &[2.0, 5.0]]
+    );
+    assert_eq!(c.values(1), &[10.0, 40.0]);
+    c.reorder(&[2]);
+    assert_eq!(c.keys(0), &[2.0, 5.0]);
+}
+
+#[test]
+#[should_panic(expected = "exceed the capacity")]
+fn kv_cache_refuses_to_grow_past_its_capacity() {
+    let mut c = KvCache::<f32>::new(1, 1, 2);
+    let t = Tensor::zeros(&[1, 1, 2]);
+    c.append(&t, &t);
+    c.append(&t, &t);
+}
+
+/// Greedy and beam search give the same tokens with and without the
+/// cache (scores within float rounding) on random f32 models, with the
+/// paper's stopping rules (end token, maximum length).
+#[test]
+fn cached_greedy_and_beam_equal_the_uncached_searches_on_random_models() {
+    let src = sources();
+    for seed in 0..6 {
+        let m = model(12, seed);
+        assert!(m.supports_kv_cache());
+        let pairs = [
+            (
+                m.greedy_decode(&src, BOS, EOS),
+                m.greedy_decode_uncached(&src, BOS, EOS),
+            ),
+            (
+                m.beam_search(&src, BOS, EOS, 3, 0.6),
+                m.beam_search_uncached(&src, BOS, EOS, 3, 0.6),
+            ),
+            (
+                m.beam_search(&src, BOS, EOS, 4, 0.0),
+                m.beam_search_uncached(&src, BOS, EOS, 4, 0.0),
+            ),
+        ];
+        for (fast, slow) in pairs {
+            assert_eq!(fast.len(), slow.len());
+            for (f, s) in fast.iter().zip(&slow) {
+                assert_eq!(
+                    (&f.tokens, f.finished),
+                    (&s.tokens, s.finished),
+                    "seed {seed}"
+                );
+                assert!(
+                    (f.log_prob - s.log_prob).abs() < 1e-4,
+                    "seed {seed}: {f:?} vs {s:?}"
+                );
+                assert!(
+                    (f.score - s.score).abs() < 1e-4,
+                    "seed {seed}: {f:?} vs {s:?}"
+                );
+            }
+        }
+    }
+}
+
+/// On a trained copy-task model (peaked distributions, the case decoding
+/// meets in use) the cached searches reproduce the uncached ones, and copy.
+#[test]
+fn cached_decoding_equals_uncached_on_a_trained_copy_model() {
+    use transformer::synthetic::{COPY_STEPS, COPY_VOCAB, copy_batch, copy_task_configs};
+    let (mcfg, tcfg) = copy_task_configs();
+    let mut trainer = transformer::Trainer::new(mcfg, tcfg, 42).unwrap();
+    let mut data = rng(1);
+    for _ in 0..COPY_STEPS {
+        let b = copy_batch(&mut data, 32, 3, 10, COPY_VOCAB);
+        trainer.step(&b.src, &b.tgt_in, &b.labels);
+    }
+    let m = &trainer.model;
+    let test = copy_batch(&mut rng(999), 24, 3, 10, COPY_VOCAB);
+    let greedy = m.greedy_decode(&test.src, BOS, EOS);
+    assert_eq!(
+        greedy,
+        m.greedy_decode_uncached(&test.src, BOS, EOS)
+            .into_iter()
+            .zip(&greedy)
+            .map(|(s, f)| {
+                assert!((s.log_prob - f.log_prob).abs() < 1e-4);
+                Hypothesis {
+                    log_prob: f.log_prob,
+                    score: f.score,
+                    ..s
+                }
+            })
+            .collect::<Vec<_>>()
+    );
+    let beam = m.beam_search(&test.src, BOS, EOS, 4, 0.6);
+    let beam_ref = m.beam_search_uncached(&test.src, BOS, EOS, 4, 0.6);
+    for (f, s) in beam.iter().zip(&beam_ref) {
+        assert_eq!(f.tokens, s.tokens);
+        assert!((f.score - s.score).abs() < 1e-4);
+    }
+    // And the model copies (so the comparison above is of real outputs).
+    let copied = (0..test.src.batch)
+        .filter(|&b| {
+            let row: Vec<usize> = test
+                .src
+                .row(b)
+                .iter()
+                .copied()
+                .filter(|&t| t != PAD)
+                .collect();
+            greedy[b].tokens == row
+        })
+        .count();
+    assert!(copied >= 20, "only {copied} of 24 copied");
+}
+
+/// A user's attention block without cache support: the model says so,
+/// and decoding falls back to the uncached path (same result).
+#[test]
+fn a_block_without_cache_support_falls_back_to_the_uncached_path() {
+    use transformer::{AttentionBlock, Module, MultiHeadAttention, Registry, Visitor};
+    struct Plain(MultiHeadAttention<f32>);
+    impl Module<f32> for Plain {
+        fn visit(&mut self, v: &mut Visitor<'_, f32>) {
+            self.0.visit(v);
+        }
+    }
+    impl AttentionBlock<f32> for Plain {
+        fn forward<'t>(
+            &self,
+            ctx: &Ctx<'t, f32>,
+            q: autograd::Var<'t, f32>,
+            kv: autograd::Var<'t, f32>,
+            mask: Option<&Tensor<f32>>,
+        ) -> autograd::Var<'t, f32> {
+            self.0.forward(ctx, q, kv, mask)
+        }
+    }
+    let registry = Registry::builtin().with(|r| {
+        r.attention("plain", |c, rng| {
+            Box::new(Plain(MultiHeadAttention::new(c.d_model, c.heads, 0.0, rng)))
+        });
+    });
+    let cfg = ModelConfig {
+        self_attention: "plain".into(),
+        ..model(12, 0).config
+    };
+    let m = Transformer::with_registry(&cfg, &registry, 3).unwrap();
+    assert!(!m.supports_kv_cache());
+    let src = sources();
+    assert_eq!(
+        m.greedy_decode(&src, BOS, EOS),
+        m.greedy_decode_uncached(&src, BOS, EOS)
+    );
 }

@@ -7,9 +7,17 @@
 //! distributions; [`Transformer::greedy_decode`] and
 //! [`Transformer::beam_search`] plug the model in.
 
+use std::collections::HashMap;
+
 use autograd::{Tape, Tensor};
 
 use crate::{Ctx, Encoded, TokenBatch, Transformer};
+
+mod cache;
+mod incremental;
+
+pub use cache::KvCache;
+pub use incremental::DecodeState;
 
 /// One decoded sequence.
 #[derive(Clone, Debug, PartialEq)]
@@ -224,6 +232,22 @@ fn gather_rows(t: &Tensor<f32>, idx: &[usize]) -> Tensor<f32> {
     Tensor::from_vec(data, &shape)
 }
 
+/// Log-probabilities of each row of logits (R, V), in f64 accumulation
+/// (the same as `log_softmax` on the uncached path, within rounding).
+fn log_softmax_rows(logits: &Tensor<f32>) -> Vec<Vec<f32>> {
+    let v = logits.shape()[1];
+    logits
+        .data()
+        .chunks(v)
+        .map(|row| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let z: f64 = row.iter().map(|&x| f64::from(x - max).exp()).sum();
+            let lz = z.ln() as f32;
+            row.iter().map(|&x| x - max - lz).collect()
+        })
+        .collect()
+}
+
 impl Transformer<f32> {
     /// The paper's maximum output length per source: its length without
     /// padding + 50, capped so that start token + output fit `max_len`.
@@ -237,10 +261,44 @@ impl Transformer<f32> {
             .collect()
     }
 
-    /// Encodes once, then runs `search` with a step function that re-runs
-    /// the decoder on the prefixes, on a fresh no-grad tape per step (so
-    /// memory stays bounded and nothing is recorded).
-    fn search<R>(&self, src: &TokenBatch, search: impl FnOnce(&mut StepFn<'_>) -> R) -> R {
+    /// Runs `search` (for instance [`greedy`] or [`beam`] with their
+    /// arguments) with the model as its step function: over key/value
+    /// caches if `cached` (and the model
+    /// [`supports_kv_cache`](Transformer::supports_kv_cache)), else by
+    /// re-running the decoder over every prefix (the uncached reference).
+    /// What [`Transformer::greedy_decode`] and
+    /// [`Transformer::beam_search`] use; the bench's W5 workload calls it
+    /// with its own lengths.
+    ///
+    /// ```
+    /// use transformer::{greedy, ModelConfig, TokenBatch, Transformer};
+    /// let model = Transformer::<f32>::new(&ModelConfig::tiny(10, 10), 0).unwrap();
+    /// let src = TokenBatch::padded(&[vec![3, 4, 5]], 0);
+    /// // Exactly 6 tokens: an end id outside the vocabulary never stops it.
+    /// let run = |cached| model.search_with(&src, cached, |step| greedy(step, &[6], 1, usize::MAX));
+    /// let (fast, slow) = (run(true), run(false));
+    /// assert_eq!(fast[0].tokens.len(), 6);
+    /// assert_eq!(fast[0].tokens, slow[0].tokens);
+    /// assert!((fast[0].log_prob - slow[0].log_prob).abs() < 1e-4);
+    /// ```
+    pub fn search_with<R>(
+        &self,
+        src: &TokenBatch,
+        cached: bool,
+        search: impl FnOnce(&mut StepFn<'_>) -> R,
+    ) -> R {
+        if cached && self.supports_kv_cache() {
+            self.search_cached(src, search)
+        } else {
+            self.search_uncached(src, search)
+        }
+    }
+
+    /// The uncached reference: encodes once, then runs `search` with a
+    /// step function that re-runs the decoder on the whole prefixes, on a
+    /// fresh no-grad tape per step (so memory stays bounded and nothing is
+    /// recorded). O(T^2) decoder work per sentence.
+    fn search_uncached<R>(&self, src: &TokenBatch, search: impl FnOnce(&mut StepFn<'_>) -> R) -> R {
         let (memory, src_mask) = {
             let tape = Tape::no_grad();
             let ctx = Ctx::eval(&tape);
@@ -268,13 +326,62 @@ impl Transformer<f32> {
         search(&mut step)
     }
 
-    /// Greedy decoding of a batch of sources (eval mode, no tape).
-    pub fn greedy_decode(&self, src: &TokenBatch, bos: usize, eos: usize) -> Vec<Hypothesis> {
-        let max_len = self.max_output_len(src);
-        self.search(src, |step| greedy(step, &max_len, bos, eos))
+    /// Decoding over key/value caches (issue 11): each step feeds only
+    /// the newest token of every row. The step function is told the rows
+    /// as (source, prefix); each row extends a row of the previous step
+    /// by one token, found by its prefix, and the caches are reordered to
+    /// match (beam search reselecting hypotheses, greedy dropping
+    /// finished sources).
+    fn search_cached<R>(&self, src: &TokenBatch, search: impl FnOnce(&mut StepFn<'_>) -> R) -> R {
+        let capacity = self.config.max_len;
+        let start = self.start_decoding(src, capacity);
+        let mut state = start.clone();
+        // The previous step's rows: (source, prefix) -> row.
+        let mut prev: HashMap<(usize, Vec<usize>), usize> = HashMap::new();
+        let mut step = |rows_src: &[usize], prefixes: &[Vec<usize>]| -> Vec<Vec<f32>> {
+            let len = prefixes[0].len();
+            let idx: Vec<usize> = if len == 1 {
+                state = start.clone();
+                rows_src.to_vec()
+            } else {
+                assert_eq!(
+                    state.position(),
+                    len - 1,
+                    "search: cached decoding needs prefixes one token longer per step"
+                );
+                rows_src
+                    .iter()
+                    .zip(prefixes)
+                    .map(|(&b, p)| {
+                        *prev.get(&(b, p[..len - 1].to_vec())).unwrap_or_else(|| {
+                            panic!("search: row (source {b}, prefix {p:?}) extends no row of the previous step")
+                        })
+                    })
+                    .collect()
+            };
+            state.reorder(&idx);
+            let last: Vec<usize> = prefixes.iter().map(|p| p[len - 1]).collect();
+            let logits = self.decode_step(&mut state, &last); // (R, V)
+            prev = rows_src
+                .iter()
+                .zip(prefixes)
+                .enumerate()
+                .map(|(r, (&b, p))| ((b, p.clone()), r))
+                .collect();
+            log_softmax_rows(&logits)
+        };
+        search(&mut step)
     }
 
-    /// Beam search over a batch of sources (eval mode, no tape).
+    /// Greedy decoding of a batch of sources (eval mode, no tape), over
+    /// key/value caches when the model supports them.
+    pub fn greedy_decode(&self, src: &TokenBatch, bos: usize, eos: usize) -> Vec<Hypothesis> {
+        let max_len = self.max_output_len(src);
+        self.search_with(src, true, |step| greedy(step, &max_len, bos, eos))
+    }
+
+    /// Beam search over a batch of sources (eval mode, no tape), over
+    /// key/value caches when the model supports them.
     pub fn beam_search(
         &self,
         src: &TokenBatch,
@@ -284,6 +391,31 @@ impl Transformer<f32> {
         alpha: f64,
     ) -> Vec<Hypothesis> {
         let max_len = self.max_output_len(src);
-        self.search(src, |step| beam(step, &max_len, bos, eos, k, alpha))
+        self.search_with(src, true, |step| beam(step, &max_len, bos, eos, k, alpha))
+    }
+
+    /// [`Transformer::greedy_decode`] by the uncached path: the reference
+    /// the cached one is tested against.
+    pub fn greedy_decode_uncached(
+        &self,
+        src: &TokenBatch,
+        bos: usize,
+        eos: usize,
+    ) -> Vec<Hypothesis> {
+        let max_len = self.max_output_len(src);
+        self.search_with(src, false, |step| greedy(step, &max_len, bos, eos))
+    }
+
+    /// [`Transformer::beam_search`] by the uncached path: the reference.
+    pub fn beam_search_uncached(
+        &self,
+        src: &TokenBatch,
+        bos: usize,
+        eos: usize,
+        k: usize,
+        alpha: f64,
+    ) -> Vec<Hypothesis> {
+        let max_len = self.max_output_len(src);
+        self.search_with(src, false, |step| beam(step, &max_len, bos, eos, k, alpha))
     }
 }

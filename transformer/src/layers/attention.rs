@@ -6,7 +6,7 @@
 
 use autograd::{Float, Tensor, Var};
 
-use crate::{AttentionBlock, Ctx, Linear, Module, Rng, Visitor};
+use crate::{AttentionBlock, Ctx, KvCache, Linear, Module, Rng, Visitor};
 
 /// Padding mask over keys, (B, 1, 1, Tk): 1 where the key is `pad`.
 pub fn padding_mask<T: Float>(ids: &[usize], shape: &[usize], pad: usize) -> Tensor<T> {
@@ -217,5 +217,27 @@ impl<T: Float> AttentionBlock<T> for MultiHeadAttention<T> {
     ) -> (Var<'t, T>, Option<Var<'t, T>>) {
         let (y, w) = MultiHeadAttention::forward_with_weights(self, ctx, q, kv, mask);
         (y, Some(w))
+    }
+
+    fn supports_cache(&self) -> bool {
+        true
+    }
+
+    fn cache_kv<'t>(&self, ctx: &Ctx<'t, T>, kv: Var<'t, T>, cache: &mut KvCache<T>) {
+        let k = self.w_k.forward(ctx, kv).value(); // (R, Tn, D)
+        let v = self.w_v.forward(ctx, kv).value(); // (R, Tn, D)
+        cache.append(&k, &v);
+    }
+
+    fn attend_cached<'t>(
+        &self,
+        ctx: &Ctx<'t, T>,
+        q: Var<'t, T>,
+        cache: &KvCache<T>,
+        mask: Option<&Tensor<T>>,
+    ) -> Var<'t, T> {
+        let qp = self.w_q.forward(ctx, q).value(); // (R, Tq, D)
+        let out = cache.attend(&qp, self.heads, mask); // (R, Tq, D), heads merged
+        self.w_o.forward(ctx, ctx.tape.constant(out))
     }
 }

@@ -195,6 +195,10 @@ impl<T: Float> NormBlock<T> for LayerNorm<T> {
     fn forward<'t>(&self, ctx: &Ctx<'t, T>, x: Var<'t, T>, _: Option<&Tensor<T>>) -> Var<'t, T> {
         LayerNorm::forward(self, ctx, x)
     }
+
+    fn position_wise(&self) -> bool {
+        true
+    }
 }
 
 impl<T: Float> NormBlock<T> for BatchNorm<T> {
@@ -205,6 +209,12 @@ impl<T: Float> NormBlock<T> for BatchNorm<T> {
         tokens: Option<&Tensor<T>>,
     ) -> Var<'t, T> {
         BatchNorm::forward(self, ctx, x, tokens)
+    }
+
+    /// In eval mode BatchNorm applies its running statistics to each
+    /// position on its own.
+    fn position_wise(&self) -> bool {
+        true
     }
 }
 
@@ -219,5 +229,9 @@ impl<T: Float> Module<T> for NoNorm {
 impl<T: Float> NormBlock<T> for NoNorm {
     fn forward<'t>(&self, _: &Ctx<'t, T>, x: Var<'t, T>, _: Option<&Tensor<T>>) -> Var<'t, T> {
         x
+    }
+
+    fn position_wise(&self) -> bool {
+        true
     }
 }

@@ -66,15 +66,22 @@ impl<T: Float> PositionalEncoding<T> {
 
     /// (B, T, D) -> (B, T, D) + `PE[:T]`. Panics if T exceeds the table.
     pub fn forward<'t>(&self, ctx: &Ctx<'t, T>, x: Var<'t, T>) -> Var<'t, T> {
+        self.forward_at(ctx, x, 0)
+    }
+
+    /// (B, T, D) holding positions `start..start + T` -> (B, T, D) +
+    /// `PE[start..start + T]` (incremental decoding feeds one position at
+    /// a time). Panics if `start + T` exceeds the table.
+    pub fn forward_at<'t>(&self, ctx: &Ctx<'t, T>, x: Var<'t, T>, start: usize) -> Var<'t, T> {
         let t = x.dim(1);
         let table = match self {
             Self::Sinusoidal(pe) => {
-                assert_table(pe, t);
-                ctx.tape.constant(pe.narrow(0, 0, t))
+                assert_table(pe, start + t);
+                ctx.tape.constant(pe.narrow(0, start, t))
             }
             Self::Learned(p) => {
-                assert_table(&p.value, t);
-                ctx.param(p).narrow(0, 0, t)
+                assert_table(&p.value, start + t);
+                ctx.param(p).narrow(0, start, t)
             }
             Self::None => return x,
         };
@@ -101,5 +108,9 @@ impl<T: Float> Module<T> for PositionalEncoding<T> {
 impl<T: Float> PositionalBlock<T> for PositionalEncoding<T> {
     fn forward<'t>(&self, ctx: &Ctx<'t, T>, x: Var<'t, T>) -> Var<'t, T> {
         PositionalEncoding::forward(self, ctx, x)
+    }
+
+    fn forward_at<'t>(&self, ctx: &Ctx<'t, T>, x: Var<'t, T>, start: usize) -> Option<Var<'t, T>> {
+        Some(PositionalEncoding::forward_at(self, ctx, x, start))
     }
 }

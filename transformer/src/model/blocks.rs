@@ -11,7 +11,7 @@
 
 use autograd::{Float, Tensor, Var};
 
-use crate::{Ctx, Module, Placement, Visitor};
+use crate::{Ctx, KvCache, Module, Placement, Visitor};
 
 /// The position-wise feed-forward slot: (B, T, D) -> (B, T, D). Built-ins:
 /// `relu`, `gelu` ([`FeedForward`](crate::FeedForward)).
@@ -55,6 +55,17 @@ pub trait NormBlock<T: Float = f32>: Module<T> + Send {
         x: Var<'t, T>,
         tokens: Option<&Tensor<T>>,
     ) -> Var<'t, T>;
+
+    /// True if, in eval mode, each position is normalised on its own (its
+    /// output depends on no other position): what incremental decoding
+    /// with a key/value cache needs, since it runs the decoder on one
+    /// position at a time. The default is false, the safe answer: a norm
+    /// that does not say so makes decoding fall back to the uncached path.
+    /// LayerNorm, NoNorm and BatchNorm (running statistics in eval mode)
+    /// say true.
+    fn position_wise(&self) -> bool {
+        false
+    }
 }
 
 /// The attention slot (self-attention of both stacks, and the decoder's
@@ -90,6 +101,39 @@ pub trait AttentionBlock<T: Float = f32>: Module<T> + Send {
     ) -> (Var<'t, T>, Option<Var<'t, T>>) {
         (self.forward(ctx, q, kv, mask), None)
     }
+
+    /// True if the block implements [`AttentionBlock::cache_kv`] and
+    /// [`AttentionBlock::attend_cached`], so that decoding can keep its
+    /// keys and values instead of re-running the decoder over the whole
+    /// prefix at every step (issue 11). The default is false: decoding
+    /// then falls back to the uncached path, correct for any block.
+    fn supports_cache(&self) -> bool {
+        false
+    }
+
+    /// Projects keys and values from `kv` (R, Tn, D) and appends them to
+    /// `cache` (the decoder's self-attention: one new position per step;
+    /// cross-attention: the whole memory, once per sentence). Eval mode.
+    fn cache_kv<'t>(&self, ctx: &Ctx<'t, T>, kv: Var<'t, T>, cache: &mut KvCache<T>) {
+        let _ = (ctx, kv, cache);
+        panic!("AttentionBlock::cache_kv: this block does not support a key/value cache");
+    }
+
+    /// Queries `q` (R, Tq, D) against every key and value in `cache` ->
+    /// (R, Tq, D), with `mask` (R|1, 1, 1, Tk) as in
+    /// [`AttentionBlock::forward`] (0 attend, non-zero masked). With a
+    /// cache filled by [`AttentionBlock::cache_kv`] from the same `kv`,
+    /// this equals [`AttentionBlock::forward`] (within float rounding).
+    fn attend_cached<'t>(
+        &self,
+        ctx: &Ctx<'t, T>,
+        q: Var<'t, T>,
+        cache: &KvCache<T>,
+        mask: Option<&Tensor<T>>,
+    ) -> Var<'t, T> {
+        let _ = (ctx, q, cache, mask);
+        panic!("AttentionBlock::attend_cached: this block does not support a key/value cache");
+    }
 }
 
 /// The positional slot: adds position information to the scaled
@@ -99,6 +143,16 @@ pub trait AttentionBlock<T: Float = f32>: Module<T> + Send {
 pub trait PositionalBlock<T: Float = f32>: Module<T> + Send {
     /// (B, T, D) -> (B, T, D)
     fn forward<'t>(&self, ctx: &Ctx<'t, T>, x: Var<'t, T>) -> Var<'t, T>;
+
+    /// `x` (B, T, D) holding positions `start..start + T` (not `0..T`):
+    /// what incremental decoding calls with one new position per step.
+    /// `None` (the default): not supported, and decoding falls back to
+    /// the uncached path. A block that overrides it must agree with
+    /// [`PositionalBlock::forward`] on those positions.
+    fn forward_at<'t>(&self, ctx: &Ctx<'t, T>, x: Var<'t, T>, start: usize) -> Option<Var<'t, T>> {
+        let _ = (ctx, x, start);
+        None
+    }
 }
 
 /// How an [`AddNorm`] connects its block: the ablation knobs of the

@@ -9,8 +9,8 @@
 use autograd::{Float, Tensor, Var};
 
 use crate::{
-    AddNorm, AttentionBlock, Ctx, FeedForwardBlock, ModelConfig, Module, NormBlock, Placement,
-    Registry, Rng, Visitor, Wiring,
+    AddNorm, AttentionBlock, Ctx, FeedForwardBlock, KvCache, ModelConfig, Module, NormBlock,
+    Placement, Registry, Rng, Visitor, Wiring,
 };
 
 /// Attention weights a layer hands back, by block name (`"self_attn"`).
@@ -163,6 +163,34 @@ impl<T: Float> DecoderLayer<T> {
         m: &DecoderMasks<'_, T>,
     ) -> Var<'t, T> {
         self.forward_weights(ctx, x, memory, m, &mut Vec::new())
+    }
+
+    /// One decoding step: the newest position's states (R, 1, D) ->
+    /// (R, 1, D), its self-attention keys and values appended to
+    /// `self_kv`, cross-attention over the cached memory keys and values
+    /// `cross` (with the source padding mask (R, 1, 1, S)). `self_mask`
+    /// (R, 1, 1, Len) masks fed padding tokens. Eval mode; equals the last
+    /// position of [`DecoderLayer::forward`] over the whole prefix.
+    pub fn forward_step<'t>(
+        &self,
+        ctx: &Ctx<'t, T>,
+        x: Var<'t, T>,
+        self_kv: &mut KvCache<T>,
+        self_mask: Option<&Tensor<T>>,
+        cross: Option<(&KvCache<T>, Option<&Tensor<T>>)>,
+    ) -> Var<'t, T> {
+        let self_attn = &*self.self_attn;
+        let mut x = self.self_attn_norm.forward(ctx, x, None, |h| {
+            self_attn.cache_kv(ctx, h, self_kv);
+            self_attn.attend_cached(ctx, h, self_kv, self_mask)
+        });
+        if let (Some(cross_attn), Some(norm), Some((kv, mask))) =
+            (&self.cross_attn, &self.cross_attn_norm, cross)
+        {
+            x = norm.forward(ctx, x, None, |h| cross_attn.attend_cached(ctx, h, kv, mask));
+        }
+        self.ffn_norm
+            .forward(ctx, x, None, |h| self.ffn.forward(ctx, h))
     }
 
     fn forward_weights<'t>(

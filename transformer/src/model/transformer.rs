@@ -91,7 +91,7 @@ impl<T: Float> Transformer<T> {
         })
     }
 
-    fn tgt_embedding(&self) -> &Embedding<T> {
+    pub(crate) fn tgt_embedding(&self) -> &Embedding<T> {
         self.tgt_embed.as_ref().unwrap_or(&self.src_embed)
     }
 
@@ -101,7 +101,7 @@ impl<T: Float> Transformer<T> {
     /// the decoder nothing to attend to (cross-attention outputs zeros, as
     /// for a source of padding only), an empty decoder input gives (B, 0, V)
     /// logits.
-    fn check_ids(ids: &TokenBatch, vocab: usize, what: &str) {
+    pub(crate) fn check_ids(ids: &TokenBatch, vocab: usize, what: &str) {
         assert!(
             ids.batch > 0,
             "Transformer: the {what} batch is empty ((B, T) = (0, {})): nothing to run",
