@@ -74,8 +74,9 @@ fn vecs(ts: &[Tensor<f64>]) -> Vec<Tensor<f64>> {
 
 /// `tanh(x * b + c)` with `b` (D) and `c` (N, 1) broadcast against `x`
 /// (N, D): the same-shape and broadcast `zip_map` rows, `map`, and in
-/// backward `map3`-style products and `sum_to_shape` (its `column_sums`
-/// fast path for `b`, the general path for `c`).
+/// backward `map3` (tanh's backward, like every `pointwise` op's) and
+/// `sum_to_shape` (its `column_sums` fast path for `b`, the general path
+/// for `c`).
 #[test]
 fn elementwise_and_broadcast_above_par_min() {
     let x = randn(&[ROWS, COLS], 1); // (N, D)
@@ -181,6 +182,37 @@ fn reductions_above_par_min() {
             ])
         },
     );
+}
+
+/// `sum` over the middle axis of a (12, 25, 131) tensor (39,300 elements):
+/// the parallel `sum_axis` with both an outer and an inner extent above 1,
+/// where the 2-D sums above have one of them equal to 1 (axis 0: one
+/// outer block; axis 1 of a matrix: rows of one element), so a wrong
+/// offset mixing the two passes them. Its gradient broadcasts the seed
+/// back along the axis.
+#[test]
+fn sum_over_a_middle_axis_above_par_min() {
+    let (a, n, c) = (12, 25, COLS);
+    let x = randn(&[a, n, c], 12); // (A, N, C)
+    let r = randn(&[a, c], 13); // (A, C)
+    let (xd, rd) = (x.data(), r.data());
+    let mut s = vec![0.0; a * c];
+    let mut dx = vec![0.0; a * n * c];
+    for i in 0..a {
+        for j in 0..n {
+            for k in 0..c {
+                s[i * c + k] += xd[(i * n + j) * c + k];
+                dx[(i * n + j) * c + k] = rd[i * c + k];
+            }
+        }
+    }
+    check_on_threads("sum over axis 1", &[s, dx], 1e-12, || {
+        let tape = Tape::new();
+        let v = tape.leaf(x.clone());
+        let out = v.sum(1, false); // (A, C)
+        let g = tape.backward_with(out, r.clone());
+        vecs(&[out.value(), g.wrt(v).clone()])
+    });
 }
 
 // ---------------------------------------------------------------------------

@@ -248,3 +248,45 @@ fn from_outside_an_overflowing_shape_is_an_error_naming_it() {
         0
     );
 }
+
+#[test]
+#[should_panic(expected = "mm: inner dimensions differ: shapes [2, 3] and [3, 4]")]
+fn matmul_shape_checks_the_inner_dimension_after_transposing() {
+    // A^T is (3, 2): its 2 columns do not meet B's 3 rows (untransposed,
+    // the same shapes would fit).
+    let _ = autograd::matmul_shape(
+        &z(&[2, 3]),
+        &z(&[3, 4]),
+        autograd::Transpose::Yes,
+        autograd::Transpose::No,
+        "mm",
+    );
+}
+
+#[test]
+#[should_panic(expected = "mm: output buffer of 5 elements for shape [2, 3]")]
+fn matmul_into_checks_the_output_buffer() {
+    let mut out = vec![0.0f32; 5];
+    autograd::matmul_into(
+        &z(&[2, 4]),
+        &z(&[4, 3]),
+        autograd::Transpose::No,
+        autograd::Transpose::No,
+        "mm",
+        &mut out,
+    );
+}
+
+#[test]
+#[should_panic(expected = "mm: shapes [2, 1] and [3, 2] cannot be broadcast together")]
+fn matmul_into_checks_the_batch_axes() {
+    let mut out = vec![0.0f32; 0];
+    autograd::matmul_into(
+        &z(&[2, 1, 2, 4]),
+        &z(&[3, 2, 4, 3]),
+        autograd::Transpose::No,
+        autograd::Transpose::No,
+        "mm",
+        &mut out,
+    );
+}

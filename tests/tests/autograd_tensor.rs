@@ -1,9 +1,16 @@
 //! `Tensor` basics: checked construction, constructors, seeded random
 //! tensors, indexing, comparison, casting, and shared storage (putting a
-//! tensor on the tape costs no copy).
+//! tensor on the tape costs no copy); the raw product `matmul_into` /
+//! `matmul_shape` against a naive loop for every transpose and batch
+//! layout they accept.
 
-use autograd::{Param, Tape, Tensor, broadcast_shapes, numel, strides};
-use tests::util::{assert_values, t32};
+use autograd::{
+    Float, Param, Tape, Tensor, Transpose, broadcast_shapes, matmul_into, matmul_shape, numel,
+    strides,
+};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+use tests::util::{assert_values, t32, with_threads};
 
 #[test]
 fn from_vec_checks_the_shape() {
@@ -168,4 +175,173 @@ fn storage_is_shared_not_copied() {
 fn debug_shows_type_shape_and_leading_values() {
     let s = format!("{:?}", Tensor::<f32>::arange(10));
     assert_eq!(s, "Tensor<f32>[10] [0, 1, 2, 3, 4, 5, 6, 7, ... (2 more)]");
+}
+
+// ---------------------------------------------------------------------------
+// matmul_into / matmul_shape against a naive loop
+// ---------------------------------------------------------------------------
+
+/// A tensor of small random integers (-4..=4): every product below sums
+/// at most a few thousand of them, exact in f32 and f64, so the kernel
+/// must match the naive loop bit for bit whatever its summation order.
+fn small_ints<T: Float>(shape: &[usize], seed: u64) -> Tensor<T> {
+    let mut r = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let data = (0..numel(shape))
+        .map(|_| T::from_f64(f64::from(r.random_range(-4i32..=4))))
+        .collect();
+    Tensor::from_vec(data, shape)
+}
+
+/// `op(A) op(B)` by the definition: for each output batch index, the
+/// operands' batch indices under broadcasting (0 on an axis of size 1 or
+/// absent), and `C[i][j] = sum_p op(A)[i][p] op(B)[p][j]` with op(X)[i][p]
+/// read as `X[p][i]` when transposed.
+fn naive_matmul(
+    a: &Tensor<f64>,
+    b: &Tensor<f64>,
+    ta: bool,
+    tb: bool,
+    out_shape: &[usize],
+) -> Vec<f64> {
+    let (na, nb) = (a.ndim(), b.ndim());
+    let (ar, ac) = (a.shape()[na - 2], a.shape()[na - 1]);
+    let (br, bc) = (b.shape()[nb - 2], b.shape()[nb - 1]);
+    let (m, k) = if ta { (ac, ar) } else { (ar, ac) };
+    let n = if tb { br } else { bc };
+    let batch = &out_shape[..out_shape.len() - 2];
+    // Offset (in matrices) of the operand's matrix for output batch index `idx`.
+    let matrix = |shape: &[usize], idx: &[usize]| -> usize {
+        let own = &shape[..shape.len() - 2];
+        let lead = batch.len() - own.len();
+        own.iter().enumerate().fold(0, |off, (ax, &s)| {
+            off * s + if s == 1 { 0 } else { idx[lead + ax] }
+        })
+    };
+    let mut out = Vec::with_capacity(numel(out_shape));
+    for bi in 0..numel(batch) {
+        // The output batch index, axis by axis (row-major).
+        let mut idx = vec![0; batch.len()];
+        let mut rest = bi;
+        for ax in (0..batch.len()).rev() {
+            idx[ax] = rest % batch[ax];
+            rest /= batch[ax];
+        }
+        let (oa, ob) = (
+            matrix(a.shape(), &idx) * ar * ac,
+            matrix(b.shape(), &idx) * br * bc,
+        );
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0;
+                for p in 0..k {
+                    let x = if ta {
+                        a.data()[oa + p * ac + i]
+                    } else {
+                        a.data()[oa + i * ac + p]
+                    };
+                    let y = if tb {
+                        b.data()[ob + j * bc + p]
+                    } else {
+                        b.data()[ob + p * bc + j]
+                    };
+                    s += x * y;
+                }
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+/// The stored shape of an operand whose op(X) is (rows, cols).
+fn stored(batch: &[usize], rows: usize, cols: usize, transposed: bool) -> Vec<usize> {
+    let mut s = batch.to_vec();
+    s.extend(if transposed {
+        [cols, rows]
+    } else {
+        [rows, cols]
+    });
+    s
+}
+
+/// For each transpose combination: `matmul_shape` gives the broadcast
+/// batch followed by (M, N), and `matmul_into` overwrites a buffer
+/// pre-filled with NaN with exactly the naive product, in f32 and f64, on
+/// 1 and 3 threads (the batch loop runs in parallel above 2^21
+/// multiply-adds).
+fn check_matmul_into(batch_a: &[usize], batch_b: &[usize], (m, k, n): (usize, usize, usize)) {
+    let mut want_shape = broadcast_shapes(batch_a, batch_b, "test");
+    want_shape.extend([m, n]);
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let what = format!(
+            "{batch_a:?} x {batch_b:?}, (m, k, n) = {:?}, ta {ta}, tb {tb}",
+            (m, k, n)
+        );
+        let a = small_ints::<f64>(&stored(batch_a, m, k, ta), 1); // (..., M, K) or (..., K, M)
+        let b = small_ints::<f64>(&stored(batch_b, k, n, tb), 2); // (..., K, N) or (..., N, K)
+        let want = naive_matmul(&a, &b, ta, tb, &want_shape);
+        let t = |x: bool| if x { Transpose::Yes } else { Transpose::No };
+        let shape = matmul_shape(&a, &b, t(ta), t(tb), "test");
+        assert_eq!(shape, want_shape, "{what}: shape");
+        for threads in [1, 3] {
+            let mut out = vec![f64::NAN; numel(&shape)];
+            with_threads(threads, || {
+                matmul_into(&a, &b, t(ta), t(tb), "test", &mut out)
+            });
+            assert!(
+                out == want,
+                "{what}, {threads} threads: f64 product differs from the naive loop"
+            );
+            let (a32, b32) = (a.cast::<f32>(), b.cast::<f32>());
+            let mut out32 = vec![f32::NAN; numel(&shape)];
+            with_threads(threads, || {
+                matmul_into(&a32, &b32, t(ta), t(tb), "test", &mut out32)
+            });
+            assert!(
+                out32.iter().zip(&want).all(|(&x, &y)| f64::from(x) == y),
+                "{what}, {threads} threads: f32 product differs from the naive loop"
+            );
+        }
+    }
+}
+
+#[test]
+fn matmul_into_equals_the_naive_loop_for_2d_operands() {
+    check_matmul_into(&[], &[], (3, 4, 5));
+    check_matmul_into(&[], &[], (1, 7, 1)); // a dot product
+    check_matmul_into(&[], &[], (6, 1, 2)); // an outer product
+}
+
+#[test]
+fn matmul_into_equals_the_naive_loop_for_batched_operands() {
+    // Same batch on both sides.
+    check_matmul_into(&[2], &[2], (3, 4, 5));
+    check_matmul_into(&[2, 3], &[2, 3], (2, 5, 3));
+    // A stack times one matrix (untransposed A: one tall gemm).
+    check_matmul_into(&[2, 3], &[], (3, 4, 5));
+    // One matrix times a stack.
+    check_matmul_into(&[], &[4], (3, 4, 5));
+    // Batch axes that broadcast on both sides, and a missing leading axis.
+    check_matmul_into(&[2, 1], &[3], (3, 4, 2));
+    check_matmul_into(&[1, 3], &[2, 1], (2, 3, 4));
+    check_matmul_into(&[3], &[2, 1], (2, 2, 2));
+}
+
+#[test]
+fn matmul_into_of_empty_axes() {
+    // K = 0: a sum of nothing, so the NaN-filled buffer must become zeros.
+    check_matmul_into(&[], &[], (3, 0, 4));
+    check_matmul_into(&[2], &[2], (3, 0, 4));
+    // M = 0 or N = 0: nothing to write.
+    check_matmul_into(&[2], &[], (0, 3, 4));
+    check_matmul_into(&[], &[2], (3, 4, 0));
+}
+
+/// Above `GEMM_PAR_MIN_FLOPS` (2^21 = 2.10M): 4 x 3 products of
+/// 64 x 64 x 48 (2.36M multiply-adds) run as a parallel batch loop, here
+/// with A broadcast over one batch axis and B over the other (offsets
+/// computed per output batch index).
+#[test]
+fn matmul_into_equals_the_naive_loop_above_the_parallel_threshold() {
+    check_matmul_into(&[4, 1], &[3], (64, 64, 48));
 }

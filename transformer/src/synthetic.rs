@@ -148,8 +148,9 @@ pub const COPY_STEPS: u64 = 600;
 /// Vocabulary of the copy demo: pad, start, end and 10 symbols.
 pub const COPY_VOCAB: usize = 13;
 
-/// The model and training recipe of the copy demo (`examples/copy_task.rs`)
-/// and of the test that it learns: a 2 + 2 layer model of width 64, and a
+/// The model and training recipe of the copy demo (`examples/copy_task.rs`;
+/// `tests/copy_task.rs` trains the smaller [`copy_trial_config`] model on
+/// three seeds instead): a 2 + 2 layer model of width 64, and a
 /// short linear warmup (100 steps) to a peak of 3e-3, then a cosine decay
 /// to 1e-4 at [`COPY_STEPS`], with clipping at 1.
 pub fn copy_task_configs() -> (crate::ModelConfig, crate::TrainConfig) {

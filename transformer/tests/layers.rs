@@ -9,6 +9,9 @@
 //!   for every norm kind x placement x residual.
 //! - Values by hand: the sinusoidal table against the paper's formula,
 //!   LayerNorm, BatchNorm (train, eval, running statistics).
+//! - Initialisation: `xavier_uniform`'s bound and moments, the embedding's
+//!   N(0, 1/D) (moments and shape) on large draws, tolerances from the
+//!   sample size.
 //! - The module visitor: parameter names, counts, buffers.
 //! - `ModelConfig::validate` and the presets; a serde round trip.
 
@@ -1074,6 +1077,131 @@ fn batch_norm_buffers_are_tensors_but_not_parameters() {
         !names
             .iter()
             .any(|n| n.starts_with("decoder") && n.contains("running"))
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Initialisation: moments of large draws
+// ---------------------------------------------------------------------------
+
+/// How many standard errors a sample moment may stray from its expected
+/// value: 5 (a false failure about once in 2 million checks; the seeds
+/// are fixed anyway, so a pass is a pass on every machine).
+const Z: f64 = 5.0;
+
+/// Mean, variance (about the true mean 0) and largest magnitude of `x`.
+fn moments(x: &[f64]) -> (f64, f64, f64) {
+    let n = x.len() as f64;
+    let mean = x.iter().sum::<f64>() / n;
+    let var = x.iter().map(|v| v * v).sum::<f64>() / n;
+    let max = x.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    (mean, var, max)
+}
+
+/// `xavier_uniform(fan_in, fan_out)` is U(-a, a), a = sqrt(6 / (fan_in +
+/// fan_out)): on 196,608 draws (fan_in != fan_out, so a formula that uses
+/// only one of them is off by 2x), every draw lies in (-a, a) and the
+/// largest comes within 0.1% of a (missing it has probability
+/// (1 - 5e-4)^n = e^-98); the mean is within Z standard errors of 0
+/// (sd / sqrt(n)), the variance within Z of a^2 / 3 (the variance of x^2
+/// under U(-a, a) is 4 a^4 / 45). `Linear::new` uses it, with a zero bias.
+#[test]
+fn xavier_uniform_has_the_bound_and_moments_of_its_formula() {
+    let (fan_in, fan_out) = (256, 768);
+    let a = (6.0 / (fan_in + fan_out) as f64).sqrt();
+    let w = transformer::xavier_uniform::<f64>(fan_in, fan_out, &mut rng(17)); // (D_in, D_out)
+    assert_eq!(w.shape(), &[fan_in, fan_out]);
+    let n = w.numel() as f64;
+    let (mean, var, max) = moments(w.data());
+    assert!(max < a, "a draw of magnitude {max} outside (-{a}, {a})");
+    assert!(
+        max > a * (1.0 - 1e-3),
+        "largest magnitude {max}, expected within 0.1% of the bound {a}"
+    );
+    let var_true = a * a / 3.0;
+    let mean_tol = Z * (var_true / n).sqrt();
+    assert!(
+        mean.abs() <= mean_tol,
+        "mean {mean:e}, expected 0 within {mean_tol:e}"
+    );
+    let var_tol = Z * (4.0 * a.powi(4) / 45.0 / n).sqrt();
+    assert!(
+        (var - var_true).abs() <= var_tol,
+        "variance {var:e}, expected 2 / (fan_in + fan_out) = {var_true:e} within {var_tol:e}"
+    );
+
+    // The layer draws its weight from the same formula.
+    let mut lin = Linear::<f64>::new(fan_in, fan_out, &mut rng(18));
+    let (_, var, max) = moments(lin.weight.value.data());
+    assert!(
+        max < a && max > a * (1.0 - 1e-3),
+        "Linear weight bound {max} vs {a}"
+    );
+    assert!(
+        (var - var_true).abs() <= var_tol,
+        "Linear weight variance {var:e} vs {var_true:e}"
+    );
+    let bias = named_tensors(&mut lin)
+        .into_iter()
+        .find(|(n, _)| n == "bias")
+        .unwrap()
+        .1;
+    assert!(bias.data().iter().all(|&b| b == 0.0), "bias not zero");
+}
+
+/// The embedding table is N(0, 1/D), so its output (times sqrt(D)) has
+/// unit-variance entries like the sinusoidal positions it is added to. On
+/// 128,000 draws: mean within Z standard errors of 0, variance within Z of
+/// 1/D (the sample variance of a normal has standard error
+/// sigma^2 sqrt(2 / n)), and the fraction within one standard deviation
+/// within Z of 0.6827 (binomial error; a uniform of the same variance
+/// gives 0.577): the shape is normal, not just the variance. The forward
+/// lookup of every id returns the table times sqrt(D), variance 1.
+#[test]
+fn embedding_init_is_normal_with_variance_one_over_d() {
+    let (vocab, d) = (1000, 128);
+    let emb = Embedding::<f64>::new(vocab, d, &mut rng(19));
+    let w = emb.weight.value.clone(); // (V, D)
+    assert_eq!(w.shape(), &[vocab, d]);
+    let n = w.numel() as f64;
+    let var_true = 1.0 / d as f64;
+    let (mean, var, _) = moments(w.data());
+    let mean_tol = Z * (var_true / n).sqrt();
+    assert!(
+        mean.abs() <= mean_tol,
+        "mean {mean:e}, expected 0 within {mean_tol:e}"
+    );
+    let var_tol = Z * var_true * (2.0 / n).sqrt();
+    assert!(
+        (var - var_true).abs() <= var_tol,
+        "variance {var:e}, expected 1/D = {var_true:e} within {var_tol:e}"
+    );
+    let sd = var_true.sqrt();
+    let inside = w.data().iter().filter(|v| v.abs() < sd).count() as f64 / n;
+    let p = 0.682_689_492_137_086; // P(|N(0, 1)| < 1) = erf(1 / sqrt 2)
+    let p_tol = Z * (p * (1.0 - p) / n).sqrt();
+    assert!(
+        (inside - p).abs() <= p_tol,
+        "fraction within one sd {inside}, expected {p} within {p_tol} (not normal?)"
+    );
+
+    // The lookup scales by sqrt(D): unit variance at the model's input.
+    let tape = Tape::no_grad();
+    let ctx = Ctx::eval(&tape);
+    let ids: Vec<usize> = (0..vocab).collect();
+    let x = emb.forward(&ctx, &ids, &[1, vocab]).value(); // (1, V, D)
+    assert_eq!(x.shape(), &[1, vocab, d]);
+    let scale = (d as f64).sqrt();
+    for (y, v) in x.data().iter().zip(w.data()) {
+        assert!(
+            (y - v * scale).abs() <= 1e-12 * scale,
+            "{y} vs {v} * sqrt(D)"
+        );
+    }
+    let (_, var, _) = moments(x.data());
+    assert!(
+        (var - 1.0).abs() <= Z * (2.0 / n).sqrt(),
+        "variance of the scaled lookup {var}, expected 1"
     );
 }
 
