@@ -839,11 +839,11 @@ fn cached_greedy_and_beam_equal_the_uncached_searches_on_random_models() {
 /// meets in use) the cached searches reproduce the uncached ones, and copy.
 #[test]
 fn cached_decoding_equals_uncached_on_a_trained_copy_model() {
-    use transformer::synthetic::{COPY_STEPS, COPY_VOCAB, copy_batch, copy_task_configs};
-    let (mcfg, tcfg) = copy_task_configs();
+    use transformer::synthetic::{COPY_VOCAB, TRIAL_STEPS, copy_batch, copy_trial_config};
+    let (mcfg, tcfg) = copy_trial_config();
     let mut trainer = transformer::Trainer::new(mcfg, tcfg, 42).unwrap();
     let mut data = rng(1);
-    for _ in 0..COPY_STEPS {
+    for _ in 0..TRIAL_STEPS {
         let b = copy_batch(&mut data, 32, 3, 10, COPY_VOCAB);
         trainer.step(&b.src, &b.tgt_in, &b.labels);
     }
