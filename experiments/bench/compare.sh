@@ -20,7 +20,7 @@ target_dir=$(cargo metadata --format-version 1 --no-deps |
 bench="$target_dir/release/bench"
 time_log=$(mktemp)
 trap 'rm -f "$time_log"' EXIT
-for w in W1 W2 W3; do
+for w in W1 W2 W3 W5; do
   for t in 1 2; do
     cpus=$([ "$t" = 1 ] && echo 0 || echo 0,1)
     for fw in ours pytorch; do

@@ -1,7 +1,7 @@
 //! The `bench` binary: the workloads of `experiments/bench/WORKLOADS.md` (W1 a
 //! small encoder-decoder training step, W2 one base-size encoder layer, W3
-//! long attention at T = 512, W4 sgemm), run with the project's real model
-//! code, so the figures compare with PyTorch, JAX, candle and burn.
+//! long attention at T = 512, W4 sgemm, W5 greedy and beam decoding with and
+//! without the key/value cache), run with the project's real model code, so the figures compare with PyTorch, JAX, candle and burn.
 //!
 //! ```text
 //! cargo run --release --bin bench -- --workload all --threads 2 --markdown bench.md
@@ -21,7 +21,7 @@ use clap::{Parser, ValueEnum};
 use rand::RngExt;
 use transformer::{
     Ctx, EncoderLayer, Mode, ModelConfig, Placement, Registry, TokenBatch, TrainConfig, Trainer,
-    Tying, param_count, rng,
+    Transformer, Tying, beam, greedy, param_count, rng,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
@@ -34,6 +34,8 @@ enum Workload {
     W3,
     #[value(name = "W4")]
     W4,
+    #[value(name = "W5")]
+    W5,
     #[value(name = "all")]
     All,
 }
@@ -69,7 +71,7 @@ struct Row {
     min_ms: f64,
     max_ms: f64,
     first_ms: Option<f64>,
-    /// tokens/s for W1-W3, GFLOP/s for W4.
+    /// tokens/s for W1-W3 and W5 (generated tokens), GFLOP/s for W4.
     rate: f64,
     is_gflops: bool,
     model_gflops: Option<f64>,
@@ -299,6 +301,63 @@ fn w4(args: &Args) -> Vec<Row> {
         .collect()
 }
 
+/// W5 (WORKLOADS.md): the W1 model in eval mode decoding exactly 32
+/// tokens per source (no early stop: the end id is outside the
+/// vocabulary, so every framework does the same work): greedy over 32
+/// sources, beam 4 (alpha 0.6) over 8 sources; with the key/value cache
+/// and, for reference, without it. One warm-up run, then the median of 5
+/// (or `--steps`, if fewer); generated tokens/s.
+fn w5(args: &Args) -> Vec<Row> {
+    let model = Transformer::<f32>::new(&bench_config(1000, 256, 4, 1024, 3, 64), 0)
+        .expect("W5 config is valid");
+    let mut r = rng(1234);
+    let mut sources = |n: usize| {
+        let ids = (0..n * 32).map(|_| r.random_range(0..1000usize)).collect();
+        TokenBatch::new(ids, n, 32) // (N, S)
+    };
+    let (greedy_src, beam_src) = (sources(32), sources(8));
+    const BOS: usize = 1;
+    const NEVER: usize = usize::MAX; // no end token: exactly 32 steps
+    let runs = args.steps.min(5);
+    let mut rows = Vec::new();
+    for cached in [true, false] {
+        let tag = if cached { "cached" } else { "uncached" };
+        let mut time = |name: String, tokens: usize, run: &dyn Fn() -> usize| {
+            let (first, mut times) = time_steps(1, runs, || {
+                assert_eq!(run(), tokens, "W5: every hypothesis has 32 tokens");
+            });
+            let med = median(&mut times);
+            rows.push(Row {
+                workload: name,
+                threads: args.threads,
+                median_ms: med,
+                min_ms: times[0],
+                max_ms: times[times.len() - 1],
+                first_ms: first,
+                rate: tokens as f64 / (med / 1e3),
+                is_gflops: false,
+                model_gflops: None,
+                sgemm_share: None,
+            });
+        };
+        time(format!("W5 greedy {tag}"), 32 * 32, &|| {
+            let hs = model.search_with(&greedy_src, cached, |step| {
+                greedy(step, &[32; 32], BOS, NEVER)
+            });
+            hs.iter().map(|h| h.tokens.len()).sum()
+        });
+        // Every step scores k = 4 live hypotheses per source: 8 x 4 x 32
+        // generated tokens, of which the 8 best are returned.
+        time(format!("W5 beam4 {tag}"), 8 * 4 * 32, &|| {
+            let hs = model.search_with(&beam_src, cached, |step| {
+                beam(step, &[32; 8], BOS, NEVER, 4, 0.6)
+            });
+            4 * hs.iter().map(|h| h.tokens.len()).sum::<usize>()
+        });
+    }
+    rows
+}
+
 fn markdown(rows: &[Row]) -> String {
     let mut s = String::from(
         "| workload | threads | median ms | min-max ms | first step ms | tokens/s or GFLOP/s | model GFLOP/s | share of sgemm |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
@@ -404,6 +463,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if all || args.workload == Workload::W4 {
         emit(w4(&args));
+    }
+    if all || args.workload == Workload::W5 {
+        emit(w5(&args));
     }
     let table = markdown(&rows);
     if !args.json {

@@ -243,12 +243,7 @@ impl<T: Float> KvCache<T> {
                     *pj = if m.is_some_and(|m| m[j] != T::ZERO) {
                         T::NEG_INFINITY
                     } else {
-                        let kj = &k[j * d + c.start..j * d + c.end];
-                        let mut s = T::ZERO;
-                        for (a, b) in qh.iter().zip(kj) {
-                            s += *a * *b;
-                        }
-                        s * scale
+                        dot(qh, &k[j * d + c.start..j * d + c.end]) * scale
                     };
                     max = max.max(*pj);
                 }
@@ -277,4 +272,25 @@ impl<T: Float> KvCache<T> {
         }
         Tensor::from_vec(out, &[r, tq, d])
     }
+}
+
+/// `sum_i a_i b_i` in eight interleaved partial sums, so that the compiler
+/// can keep them in one SIMD register (a single running sum is a chain of
+/// dependent adds it may not reorder). The order is fixed by the lengths,
+/// so the result is the same on every run and thread count.
+fn dot<T: Float>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::ZERO; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: T = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| *x * *y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }

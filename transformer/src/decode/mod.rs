@@ -179,14 +179,24 @@ pub fn beam(
             }
             // Candidates (score, beam, token), best first; ties go to the
             // lower beam, then the lower token (as greedy's argmax).
-            let mut cand: Vec<(f64, usize, usize)> = Vec::new();
+            let mut cand: Vec<Cand> = Vec::with_capacity(beams.len() * lp[r0].len());
             for (i, (_, s)) in beams.iter().enumerate() {
                 for (t, &l) in lp[r0 + i].iter().enumerate() {
                     cand.push((s + l as f64, i, t));
                 }
             }
             r0 += beams.len();
-            cand.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+            let order =
+                |a: &Cand, b: &Cand| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2));
+            // Each candidate taken below adds a live beam or a finished
+            // hypothesis, and the scan stops at k of either: at most 2k - 1
+            // are taken. So only the best 2k need sorting, not all k V
+            // (a total order, so the same 2k whatever the algorithm).
+            if cand.len() > 2 * k {
+                cand.select_nth_unstable_by(2 * k - 1, order);
+                cand.truncate(2 * k);
+            }
+            cand.sort_by(order);
             let mut next = Vec::new();
             for (s, i, t) in cand {
                 if next.len() == k || finished[b].len() >= k {
@@ -220,6 +230,9 @@ pub fn beam(
         .collect()
 }
 
+/// A beam-search candidate: (score, beam, token).
+type Cand = (f64, usize, usize);
+
 /// Rows of `t` (axis 0) picked by `idx`.
 fn gather_rows(t: &Tensor<f32>, idx: &[usize]) -> Tensor<f32> {
     let row = t.numel() / t.shape()[0].max(1);
@@ -232,20 +245,13 @@ fn gather_rows(t: &Tensor<f32>, idx: &[usize]) -> Tensor<f32> {
     Tensor::from_vec(data, &shape)
 }
 
-/// Log-probabilities of each row of logits (R, V), in f64 accumulation
-/// (the same as `log_softmax` on the uncached path, within rounding).
-fn log_softmax_rows(logits: &Tensor<f32>) -> Vec<Vec<f32>> {
+/// Log-probabilities of each row of logits (R, V): the `log_softmax` op of
+/// the uncached path, on a no-grad tape.
+fn log_softmax_rows(logits: Tensor<f32>) -> Vec<Vec<f32>> {
     let v = logits.shape()[1];
-    logits
-        .data()
-        .chunks(v)
-        .map(|row| {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let z: f64 = row.iter().map(|&x| f64::from(x - max).exp()).sum();
-            let lz = z.ln() as f32;
-            row.iter().map(|&x| x - max - lz).collect()
-        })
-        .collect()
+    let tape = Tape::no_grad();
+    let lp = tape.constant(logits).log_softmax().value();
+    lp.data().chunks(v).map(<[f32]>::to_vec).collect()
 }
 
 impl Transformer<f32> {
@@ -368,7 +374,7 @@ impl Transformer<f32> {
                 .enumerate()
                 .map(|(r, (&b, p))| ((b, p.clone()), r))
                 .collect();
-            log_softmax_rows(&logits)
+            log_softmax_rows(logits)
         };
         search(&mut step)
     }
