@@ -48,6 +48,12 @@ impl<T: Float> NormBlock<T> for RmsNorm<T> {
         let ms = (x * x).mean(-1, true); // (B, T, 1)
         x / (ms + T::from_f64(self.eps)).sqrt() * ctx.param(&self.gain)
     }
+
+    /// Each position is normalised on its own, so decoding can run one
+    /// position at a time over key/value caches.
+    fn position_wise(&self) -> bool {
+        true
+    }
 }
 
 /// Registers RMSNorm as the norm `"rms"` (for any element type, so the
