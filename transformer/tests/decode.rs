@@ -783,12 +783,19 @@ fn kv_cache_reorder_then_append_keeps_each_rows_history() {
 }
 
 #[test]
-#[should_panic(expected = "exceed the capacity")]
-fn kv_cache_refuses_to_grow_past_its_capacity() {
-    let mut c = KvCache::<f32>::new(1, 1, 2);
-    let t = Tensor::zeros(&[1, 1, 2]);
-    c.append(&t, &t);
-    c.append(&t, &t);
+fn kv_cache_grows_past_its_initial_capacity_keeping_every_row() {
+    let mut c = KvCache::<f64>::new(2, 1, 1); // room for 1 position
+    let col = |a: f64, b: f64| Tensor::from_vec(vec![a, b], &[2, 1, 1]); // (R, 1, D)
+    c.append(&col(1.0, 2.0), &col(10.0, 20.0));
+    c.reorder(&[1, 0]); // a pending reorder, applied by the growth
+    c.append(&col(3.0, 4.0), &col(30.0, 40.0)); // grows to 2
+    c.append(&col(5.0, 6.0), &col(50.0, 60.0)); // grows to 4
+    assert_eq!((c.len(), c.capacity()), (3, 4));
+    assert_eq!(
+        [c.keys(0), c.keys(1)],
+        [&[2.0, 3.0, 5.0][..], &[1.0, 4.0, 6.0]]
+    );
+    assert_eq!(c.values(0), &[20.0, 30.0, 50.0]);
 }
 
 /// Greedy and beam search give the same tokens with and without the

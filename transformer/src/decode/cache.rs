@@ -22,13 +22,13 @@ use rayon::prelude::*;
 const PAR_MIN_WORK: usize = 1 << 15;
 
 /// Projected keys and values of one attention block, for R rows (sentences
-/// or beam hypotheses) of up to `capacity` positions, each `width` (= D)
-/// wide, stored as (rows, capacity, width).
+/// or beam hypotheses), each position `width` (= D) wide, stored as
+/// (rows, capacity, width) with room to grow.
 ///
 /// ```
 /// use autograd::Tensor;
 /// use transformer::KvCache;
-/// let mut c = KvCache::<f64>::new(2, 4, 3); // 2 rows, up to 4 positions, width 3
+/// let mut c = KvCache::<f64>::new(2, 4, 3); // 2 rows, room for 4 positions, width 3
 /// let k = Tensor::from_vec((0..6).map(f64::from).collect(), &[2, 1, 3]); // (R, 1, D)
 /// c.append(&k, &k);
 /// assert_eq!(c.len(), 1);
@@ -53,8 +53,8 @@ pub struct KvCache<T: Float = f32> {
 }
 
 impl<T: Float> KvCache<T> {
-    /// An empty cache for `rows` rows of up to `capacity` positions of
-    /// width `width`.
+    /// An empty cache for `rows` rows with room for `capacity` positions
+    /// (it grows past that when needed) of width `width`.
     pub fn new(rows: usize, capacity: usize, width: usize) -> Self {
         let n = rows * capacity * width;
         KvCache {
@@ -84,7 +84,7 @@ impl<T: Float> KvCache<T> {
         self.len == 0
     }
 
-    /// The most positions the cache holds.
+    /// The positions it has room for before it must grow.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
@@ -115,8 +115,9 @@ impl<T: Float> KvCache<T> {
     }
 
     /// Appends `keys` and `values`, each (R, n, D), as positions
-    /// `len..len + n`. Panics on a shape that does not match the cache or
-    /// when the capacity would be exceeded.
+    /// `len..len + n`, growing the capacity (at least doubling it, so the
+    /// copies stay amortised O(1) per position) when they do not fit.
+    /// Panics on a shape that does not match the cache.
     pub fn append(&mut self, keys: &Tensor<T>, values: &Tensor<T>) {
         let (r, d) = (self.rows(), self.width);
         let shape = keys.shape();
@@ -127,12 +128,9 @@ impl<T: Float> KvCache<T> {
             values.shape()
         );
         let n = shape[1];
-        assert!(
-            self.len + n <= self.capacity,
-            "KvCache::append: {} + {n} positions exceed the capacity {}",
-            self.len,
-            self.capacity
-        );
+        if self.len + n > self.capacity {
+            self.grow((self.len + n).max(2 * self.capacity));
+        }
         self.materialize();
         let cap = self.capacity;
         for (dst, src) in [(&mut self.keys, keys), (&mut self.values, values)] {
@@ -160,6 +158,25 @@ impl<T: Float> KvCache<T> {
                 self.index[i]
             })
             .collect();
+    }
+
+    /// Re-lays the rows out with room for `capacity` positions (in index
+    /// order, so the index becomes the identity).
+    fn grow(&mut self, capacity: usize) {
+        let (old_row, new_row) = (self.capacity * self.width, capacity * self.width);
+        let used = self.len * self.width;
+        for buf in [&mut self.keys, &mut self.values] {
+            let mut out = vec![T::ZERO; self.index.len() * new_row];
+            for (r, &i) in self.index.iter().enumerate() {
+                out[r * new_row..r * new_row + used]
+                    .copy_from_slice(&buf[i * old_row..i * old_row + used]);
+            }
+            *buf = out;
+        }
+        self.spare_keys = Vec::new();
+        self.spare_values = Vec::new();
+        self.index = (0..self.index.len()).collect();
+        self.capacity = capacity;
     }
 
     /// Gathers the stored rows into index order (identity index after),

@@ -137,8 +137,8 @@ impl<T: Float> Transformer<T> {
     }
 
     /// Encodes `src` (N, S) and fills the cross-attention caches, ready to
-    /// decode one row per source for up to `capacity` positions (start
-    /// token included). Panics unless
+    /// decode one row per source, with room for `capacity` positions
+    /// (start token included) before the caches grow. Panics unless
     /// [`Transformer::supports_kv_cache`].
     pub fn start_decoding(&self, src: &TokenBatch, capacity: usize) -> DecodeState<T> {
         assert!(

@@ -339,8 +339,10 @@ impl Transformer<f32> {
     /// match (beam search reselecting hypotheses, greedy dropping
     /// finished sources).
     fn search_cached<R>(&self, src: &TokenBatch, search: impl FnOnce(&mut StepFn<'_>) -> R) -> R {
-        let capacity = self.config.max_len;
-        let start = self.start_decoding(src, capacity);
+        // Room for 32 positions to start with; the caches grow (doubling)
+        // if the search goes longer. Sized by max_len instead, a base model
+        // (max_len 512) would reserve its whole length for every row.
+        let start = self.start_decoding(src, self.config.max_len.min(32));
         let mut state = start.clone();
         // The previous step's rows: (source, prefix) -> row.
         let mut prev: HashMap<(usize, Vec<usize>), usize> = HashMap::new();
