@@ -320,14 +320,28 @@ pub struct SampleOptions {
 /// Continues `prompt` with a decoder-only model: `length` tokens, each
 /// drawn from the softmax of the last position's logits divided by the
 /// temperature, restricted to the top k. The context is the last
-/// `max_len` tokens. Returns the continuation only.
-///
-/// Special tokens are never drawn.
+/// `max_len` tokens. Returns the continuation only. Runs over key/value
+/// caches while the text fits the context (see [`sample_with`]).
 pub fn sample(
     model: &Transformer<f32>,
     vocabs: &Vocabs,
     prompt: &str,
     opts: &SampleOptions,
+) -> String {
+    sample_with(model, vocabs, prompt, opts, true)
+}
+
+/// [`sample`], over key/value caches if `cached` (and the model supports
+/// them), else by re-running the decoder over the whole context for every
+/// token (the reference). Once the text outgrows `max_len`, the context
+/// window slides and every position moves, so a cache would be stale:
+/// from there on both paths re-run the window.
+pub fn sample_with(
+    model: &Transformer<f32>,
+    vocabs: &Vocabs,
+    prompt: &str,
+    opts: &SampleOptions,
+    cached: bool,
 ) -> String {
     assert!(
         opts.temperature > 0.0 && opts.temperature.is_finite(),
@@ -341,20 +355,33 @@ pub fn sample(
     }
     let start = ids.len();
     let window = model.config.max_len;
+    let none = TokenBatch::new(Vec::new(), 1, 0); // decoder-only: no source
+    let mut state =
+        (cached && model.supports_kv_cache()).then(|| model.start_decoding(&none, window.min(64)));
     for _ in 0..opts.length {
-        let ctx_ids = &ids[ids.len().saturating_sub(window)..];
-        let logits = {
-            let tape = Tape::no_grad();
-            let ctx = Ctx::eval(&tape);
-            let none = TokenBatch::new(Vec::new(), 1, 0);
-            let tgt = TokenBatch::new(ctx_ids.to_vec(), 1, ctx_ids.len());
-            let t = ctx_ids.len();
-            model
-                .forward(&ctx, &none, &tgt)
-                .narrow(1, t - 1, 1)
-                .value()
-                .data()
-                .to_vec() // (V)
+        let logits: Vec<f32> = match state.as_mut().filter(|_| ids.len() <= window) {
+            Some(st) => {
+                // Feed what the cache has not seen: the prompt at first,
+                // then the last token drawn. (V) logits of the last one.
+                let mut last = None;
+                while st.position() < ids.len() {
+                    last = Some(model.decode_step(st, &[ids[st.position()]]));
+                }
+                last.expect("one token at least is new").data().to_vec()
+            }
+            None => {
+                let ctx_ids = &ids[ids.len().saturating_sub(window)..];
+                let tape = Tape::no_grad();
+                let ctx = Ctx::eval(&tape);
+                let tgt = TokenBatch::new(ctx_ids.to_vec(), 1, ctx_ids.len());
+                let t = ctx_ids.len();
+                model
+                    .forward(&ctx, &none, &tgt)
+                    .narrow(1, t - 1, 1)
+                    .value()
+                    .data()
+                    .to_vec() // (V)
+            }
         };
         // Specials (pad, bos, eos, unk) are never drawn.
         let mut cand: Vec<(usize, f64)> = logits

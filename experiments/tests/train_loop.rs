@@ -277,3 +277,42 @@ fn a_users_block_trains_resumes_and_evaluates_through_the_runner() {
     experiments::summary::rerender_with(&dir, &registry, None).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `lm sample` over key/value caches draws exactly what the uncached path
+/// (the whole context re-run per token) draws, with the same seed: while
+/// the text fits the context and after it outgrows it (the window slides
+/// and both paths re-run it).
+#[test]
+fn cached_sampling_equals_uncached_sampling() {
+    use experiments::corpus::Vocabs;
+    use experiments::evaluate::{SampleOptions, sample_with};
+    use experiments::vocab::{Vocab, VocabSpec};
+    use transformer::{ModelConfig, Transformer};
+    let text = "It is a truth universally acknowledged, that a single man in possession";
+    let v = Vocab::train(&VocabSpec::Char { min_count: 1 }, &[text]).unwrap();
+    let vocabs = Vocabs {
+        src: v.clone(),
+        tgt: v.clone(),
+        joint: true,
+    };
+    let cfg = ModelConfig {
+        encoder_layers: 0,
+        decoder_layers: 2,
+        max_len: 24,
+        ..ModelConfig::tiny(v.len(), v.len())
+    };
+    for seed in 0..3 {
+        let model = Transformer::<f32>::new(&cfg, seed).unwrap();
+        assert!(model.supports_kv_cache());
+        let opts = SampleOptions {
+            length: 40, // prompt 8 + 40 > max_len 24: the window slides
+            temperature: 0.8,
+            top_k: 10,
+            seed,
+        };
+        let fast = sample_with(&model, &vocabs, "It is a ", &opts, true);
+        let slow = sample_with(&model, &vocabs, "It is a ", &opts, false);
+        assert_eq!(fast.chars().count(), 40, "seed {seed}: {fast:?}");
+        assert_eq!(fast, slow, "seed {seed}");
+    }
+}
