@@ -384,8 +384,7 @@ impl Transformer<f32> {
     /// Greedy decoding of a batch of sources (eval mode, no tape), over
     /// key/value caches when the model supports them.
     pub fn greedy_decode(&self, src: &TokenBatch, bos: usize, eos: usize) -> Vec<Hypothesis> {
-        let max_len = self.max_output_len(src);
-        self.search_with(src, true, |step| greedy(step, &max_len, bos, eos))
+        self.greedy_with(src, bos, eos, true)
     }
 
     /// Beam search over a batch of sources (eval mode, no tape), over
@@ -398,8 +397,7 @@ impl Transformer<f32> {
         k: usize,
         alpha: f64,
     ) -> Vec<Hypothesis> {
-        let max_len = self.max_output_len(src);
-        self.search_with(src, true, |step| beam(step, &max_len, bos, eos, k, alpha))
+        self.beam_with(src, (bos, eos), k, alpha, true)
     }
 
     /// [`Transformer::greedy_decode`] by the uncached path: the reference
@@ -410,8 +408,7 @@ impl Transformer<f32> {
         bos: usize,
         eos: usize,
     ) -> Vec<Hypothesis> {
-        let max_len = self.max_output_len(src);
-        self.search_with(src, false, |step| greedy(step, &max_len, bos, eos))
+        self.greedy_with(src, bos, eos, false)
     }
 
     /// [`Transformer::beam_search`] by the uncached path: the reference.
@@ -423,7 +420,31 @@ impl Transformer<f32> {
         k: usize,
         alpha: f64,
     ) -> Vec<Hypothesis> {
+        self.beam_with(src, (bos, eos), k, alpha, false)
+    }
+
+    /// Greedy search at the paper's maximum output lengths.
+    fn greedy_with(
+        &self,
+        src: &TokenBatch,
+        bos: usize,
+        eos: usize,
+        cached: bool,
+    ) -> Vec<Hypothesis> {
         let max_len = self.max_output_len(src);
-        self.search_with(src, false, |step| beam(step, &max_len, bos, eos, k, alpha))
+        self.search_with(src, cached, |step| greedy(step, &max_len, bos, eos))
+    }
+
+    /// Beam search at the paper's maximum output lengths.
+    fn beam_with(
+        &self,
+        src: &TokenBatch,
+        (bos, eos): (usize, usize),
+        k: usize,
+        alpha: f64,
+        cached: bool,
+    ) -> Vec<Hypothesis> {
+        let max_len = self.max_output_len(src);
+        self.search_with(src, cached, |step| beam(step, &max_len, bos, eos, k, alpha))
     }
 }
