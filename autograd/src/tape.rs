@@ -646,3 +646,21 @@ impl<T: Float> ParamGrads<T> {
         self.grads.is_empty()
     }
 }
+
+/// Builds a gradient set from (id, gradient) pairs: what an optimiser
+/// step on gradients summed elsewhere (another process, a flat buffer)
+/// starts from. A repeated id keeps the last gradient.
+///
+/// ```
+/// use autograd::{Param, ParamGrads, Tensor};
+/// let w = Param::new(Tensor::from_vec(vec![2.0], &[1]));
+/// let g: ParamGrads = [(w.id(), Tensor::from_vec(vec![0.5], &[1]))].into_iter().collect();
+/// assert_eq!(g.get(&w).unwrap().data(), &[0.5]);
+/// ```
+impl<T: Float> FromIterator<(ParamId, Tensor<T>)> for ParamGrads<T> {
+    fn from_iter<I: IntoIterator<Item = (ParamId, Tensor<T>)>>(iter: I) -> Self {
+        ParamGrads {
+            grads: iter.into_iter().collect(),
+        }
+    }
+}

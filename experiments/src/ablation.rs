@@ -168,6 +168,13 @@ pub struct SweepOptions {
     pub progress: bool,
     /// One line per finished run on stdout.
     pub verbose: bool,
+    /// Only the runs of this shard `(i, k)`: the (variant, seed) pairs whose
+    /// index in (variant, seed) order is `i` modulo `k` (a Slurm array job,
+    /// or one rank of `mpirun`). `None`: every run.
+    pub shard: Option<(usize, usize)>,
+    /// Train runs that are not finished (false: report them as an error,
+    /// which is what merging finished shards wants).
+    pub train_missing: bool,
 }
 
 /// The final numbers of one (variant, seed) run (a row of `runs.csv`).
@@ -307,9 +314,35 @@ pub fn sweep(ablation: &Ablation, opts: &SweepOptions) -> Result<Vec<RunResult>,
             ablation.config(v, s)?;
         }
     }
+    if let Some((i, k)) = opts.shard
+        && (k == 0 || i >= k)
+    {
+        return Err(format!("shard {i}/{k}: give i/K with 0 <= i < K"));
+    }
     let tasks: VecDeque<(usize, u64)> = (0..ablation.variants.len())
         .flat_map(|v| ablation.seeds.iter().map(move |&s| (v, s)))
+        .enumerate()
+        .filter(|(n, _)| opts.shard.is_none_or(|(i, k)| n % k == i))
+        .map(|(_, t)| t)
         .collect();
+    if !opts.train_missing {
+        let missing: Vec<String> = tasks
+            .iter()
+            .filter(|(v, s)| {
+                let dir = run_dir(&opts.dir, &ablation.variants[*v].name, *s);
+                !dir.join("summary.json").exists()
+            })
+            .map(|(v, s)| format!("{} seed {s}", ablation.variants[*v].name))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "{}: {} run(s) not finished ({}): run the missing shards first",
+                opts.dir.display(),
+                missing.len(),
+                missing.join(", ")
+            ));
+        }
+    }
     let total = tasks.len();
     let queue = Mutex::new(tasks);
     let results: Mutex<Vec<Finished>> = Mutex::new(Vec::new());
@@ -348,7 +381,10 @@ pub fn sweep(ablation: &Ablation, opts: &SweepOptions) -> Result<Vec<RunResult>,
                     let Some((vi, seed)) = next else { break };
                     let v = &ablation.variants[vi];
                     let t = std::time::Instant::now();
-                    let r = pool.install(|| run_one(ablation, v, seed, &opts.dir));
+                    // Each run as on one machine, whatever job this is.
+                    let r = crate::dist::alone(|| {
+                        pool.install(|| run_one(ablation, v, seed, &opts.dir))
+                    });
                     if opts.verbose {
                         let line = match &r {
                             Ok(r) if r.diverged() => format!(

@@ -106,6 +106,7 @@ pub fn base(quick: bool) -> RunConfig {
             seed: 0,
             long: LongPolicy::Drop,
             telemetry: true,
+            micro_batches: 1,
         };
         c.eval = EvalConfig {
             beam: 0,
@@ -144,6 +145,7 @@ pub fn base(quick: bool) -> RunConfig {
         seed: 0,
         long: LongPolicy::Drop,
         telemetry: true,
+        micro_batches: 1,
     };
     c.eval = EvalConfig {
         beam: 0,
@@ -454,6 +456,36 @@ pub struct AblationArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Run only shard I of K (`--shard 0/4`): the runs whose index in
+    /// (variant, seed) order is I modulo K; no summary. For schedulers that
+    /// start independent jobs (a Slurm array); `--merge` then writes the
+    /// summary. Under `mpirun -np K` the ranks share the runs this way by
+    /// themselves.
+    #[arg(long, value_name = "I/K", value_parser = parse_shard, conflicts_with = "merge")]
+    pub shard: Option<(usize, usize)>,
+    /// Write the summary from finished shards without training anything
+    /// (an unfinished run is an error naming it).
+    #[arg(long)]
+    pub merge: bool,
+}
+
+/// Parses `I/K`.
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (i, k) = s
+        .split_once('/')
+        .ok_or_else(|| format!("--shard {s}: write I/K, for instance 0/4"))?;
+    let i: usize = i
+        .trim()
+        .parse()
+        .map_err(|_| format!("--shard {s}: I must be a number"))?;
+    let k: usize = k
+        .trim()
+        .parse()
+        .map_err(|_| format!("--shard {s}: K must be a number"))?;
+    if k == 0 || i >= k {
+        return Err(format!("--shard {s}: need 0 <= I < K"));
+    }
+    Ok((i, k))
 }
 
 impl AblationArgs {
@@ -498,6 +530,8 @@ impl AblationArgs {
                 .unwrap_or_else(|| (cores / self.jobs.max(1)).max(1)),
             progress: !self.no_progress,
             verbose: true,
+            shard: self.shard,
+            train_missing: !self.merge,
         }
     }
 }
@@ -533,10 +567,47 @@ impl SweepOutcome {
     }
 }
 
-/// Runs the ablation `name` as `args` say and writes its report.
-pub fn run(name: &str, args: &AblationArgs) -> Result<SweepOutcome, String> {
+/// Runs the ablation `name` as `args` say and writes its report. Returns
+/// `None` when this process ran a shard only (`--shard`, or a rank other
+/// than 0 of `mpirun`): the report is written by `--merge` or rank 0.
+pub fn run(name: &str, args: &AblationArgs) -> Result<Option<SweepOutcome>, String> {
     let a = args.ablation(name)?;
-    let opts = args.options(name);
+    let mut opts = args.options(name);
+    let world = crate::dist::world();
+    if world.size() > 1 {
+        if args.shard.is_some() || args.merge {
+            return Err(
+                "--shard / --merge and mpirun: choose one (mpirun shares the runs \
+                        among its ranks by itself)"
+                    .into(),
+            );
+        }
+        // Rank r trains runs r, r + K, ...; then rank 0 waits for all and
+        // writes the report from the finished runs (each run is the same,
+        // bit for bit, whichever rank trained it).
+        let mine = SweepOptions {
+            shard: Some((world.rank(), world.size())),
+            progress: opts.progress && world.rank() == 0,
+            ..opts.clone()
+        };
+        sweep(&a, &mine)?;
+        // The ranks' shares end minutes apart: wait up to a week (a dead
+        // rank is mpirun's to report).
+        crate::dist::barrier(world, Some(std::time::Duration::from_secs(7 * 24 * 3600)))?;
+        if world.rank() != 0 {
+            return Ok(None);
+        }
+        opts.train_missing = false;
+    } else if let Some((i, k)) = args.shard {
+        let done = sweep(&a, &opts)?;
+        println!(
+            "{}: shard {i}/{k} done ({} runs); when every shard is done, `--merge` (same flags, \
+             without --shard) writes the summary",
+            a.name,
+            done.len()
+        );
+        return Ok(None);
+    }
     let runs = a.variants.len() * a.seeds.len();
     println!(
         "{}: {} variants x {} seeds = {runs} runs, {} at a time, {} thread(s) each -> {}",
@@ -558,13 +629,13 @@ pub fn run(name: &str, args: &AblationArgs) -> Result<SweepOutcome, String> {
         opts.dir.join("summary.md").display()
     );
     let stats = judge(&a, &results);
-    Ok(SweepOutcome {
+    Ok(Some(SweepOutcome {
         ablation: a,
         dir: opts.dir,
         summary,
         stats,
         jobs: opts.jobs,
-    })
+    }))
 }
 
 /// Writes `path` (`results/README.md`), the index of finished sweeps: per
@@ -681,13 +752,24 @@ pub fn main_all() -> std::process::ExitCode {
         Ok(a) => a,
         Err(e) => e.exit(),
     };
-    let go = || -> Result<PathBuf, String> {
+    let _mpi = match crate::dist::init() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let go = || -> Result<Option<PathBuf>, String> {
         if !args.only.is_empty() {
             return Err("--only names one ablation's variants: run that ablation's binary".into());
         }
         let mut outcomes = Vec::new();
         for name in ABLATIONS {
-            outcomes.push(run(name, &args)?);
+            outcomes.extend(run(name, &args)?);
+        }
+        if outcomes.len() < ABLATIONS.len() {
+            // A shard: no index.
+            return Ok(None);
         }
         let command = std::env::args().collect::<Vec<_>>().join(" ");
         // The quick sweeps' index goes beside them, not over the real one.
@@ -697,11 +779,13 @@ pub fn main_all() -> std::process::ExitCode {
             "README.md"
         });
         index(&outcomes, &path, &command)?;
-        Ok(path)
+        Ok(Some(path))
     };
     match go() {
         Ok(path) => {
-            println!("index: {}", path.display());
+            if let Some(path) = path {
+                println!("index: {}", path.display());
+            }
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
@@ -724,10 +808,17 @@ pub fn main(name: &str, about: &str) -> std::process::ExitCode {
         Ok(a) => a,
         Err(e) => e.exit(),
     };
+    let _mpi = match crate::dist::init() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     match run(name, &args) {
         Ok(o) => {
-            if let Some(i) = o.summary.find("## Results") {
-                println!("\n{}", &o.summary[i..]);
+            if let Some(i) = o.as_ref().and_then(|o| o.summary.find("## Results")) {
+                println!("\n{}", &o.as_ref().expect("found above").summary[i..]);
             }
             std::process::ExitCode::SUCCESS
         }

@@ -115,24 +115,25 @@ pub fn fresh_dir(out: &Path, name: &str) -> PathBuf {
 
 /// Runs (or resumes) a training run as the flags say, evaluates it and
 /// writes its report: what `translate train`, `lm train` and `copy_task`
-/// do. Returns the run folder and its summary.
+/// do. Returns the run folder and its summary (on rank 0; the other ranks
+/// of an MPI job train and return `None`).
 pub fn train_and_report(
     args: &TrainArgs,
     default_preset: &str,
     registry: &Registry<f32>,
-) -> Result<(PathBuf, Summary), String> {
+) -> Result<Option<(PathBuf, Summary)>, String> {
     set_threads(args.threads)?;
-    let mut run = match &args.resume {
-        Some(dir) => {
-            let mut run = Run::resume_with(dir, registry, true)?;
+    let world = crate::dist::world();
+    let rank0 = world.rank() == 0;
+    let started = match &args.resume {
+        Some(dir) => Run::resume_with(dir, registry, true).map(|mut run| {
             if args.steps.is_some() || args.minutes.is_some() {
                 run.config.run.steps = args.steps;
                 run.config.run.minutes = args.minutes;
             }
             run
-        }
-        None => {
-            let config = args.config(default_preset)?;
+        }),
+        None => args.config(default_preset).and_then(|config| {
             let name = args.name.clone().unwrap_or_else(|| {
                 args.preset.clone().unwrap_or_else(|| {
                     if args.quick {
@@ -142,17 +143,39 @@ pub fn train_and_report(
                     }
                 })
             });
+            // Rank 0 picks the folder; every rank uses that one.
             let dir = fresh_dir(&args.out, &name);
-            println!("run folder: {}", dir.display());
-            Run::start_with(&dir, config, registry, true)?
-        }
+            let dir = crate::dist::broadcast_bytes(world, dir.to_string_lossy().as_bytes())?;
+            let dir = PathBuf::from(String::from_utf8_lossy(&dir).into_owned());
+            if rank0 {
+                println!("run folder: {}", dir.display());
+            }
+            Run::start_with(&dir, config, registry, true)
+        }),
     };
+    // Every rank must have started the same run (same config, same
+    // folder, same rank count for its micro-batches) before any trains.
+    let fingerprint = started.as_ref().map_err(Clone::clone).and_then(|run| {
+        if world.size() > 1 {
+            transformer::train::accumulate::check_ranks(
+                run.config.run.micro_batches,
+                world.size(),
+            )?;
+        }
+        let text = format!("{}\n{}", run.dir.display(), run.config.to_toml());
+        Ok(transformer::train::checkpoint::fnv1a64(text.as_bytes()))
+    });
+    crate::dist::agree(world, fingerprint)?;
+    let mut run = started?;
     let opts = RunOptions {
         progress: !args.no_progress,
         verbose: true,
         stop_after: None,
     };
     let outcome = run.train(&opts)?;
+    if !rank0 {
+        return Ok(None);
+    }
     if let Outcome::Diverged { step, reason } = &outcome {
         println!("the run diverged at step {step}: {reason} (recorded in summary.json)");
     }
@@ -162,5 +185,5 @@ pub fn train_and_report(
         "report: {} (loss.svg, attention.svg, summary.json, metrics.csv)",
         run.dir.join("report.md").display()
     );
-    Ok((run.dir.clone(), summary))
+    Ok(Some((run.dir.clone(), summary)))
 }

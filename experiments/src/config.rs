@@ -124,6 +124,18 @@ pub struct LoopConfig {
     /// only: the training is the same bit for bit with it on or off.
     #[serde(default)]
     pub telemetry: bool,
+    /// Cut every batch into this many micro-batches (by tokens) and add
+    /// their gradients in a fixed tree order: gradient accumulation in one
+    /// process, and the unit data-parallel training deals to MPI ranks
+    /// (`mpirun -np K`, K a power of two dividing it). 1 (the default) is
+    /// the ordinary step. The result depends on this number, never on K
+    /// (see [`crate::dist`]).
+    #[serde(default = "one")]
+    pub micro_batches: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The evaluation after training.
@@ -243,6 +255,7 @@ impl RunConfig {
                 seed: 0,
                 long: LongPolicy::Drop,
                 telemetry: false,
+                micro_batches: 1,
             },
             eval: EvalConfig {
                 beam: 4,
@@ -308,6 +321,7 @@ impl RunConfig {
                 seed: 0,
                 long: LongPolicy::Truncate,
                 telemetry: false,
+                micro_batches: 1,
             },
             eval: EvalConfig {
                 beam: 0,
@@ -349,6 +363,7 @@ impl RunConfig {
                 seed: 0,
                 long: LongPolicy::Drop,
                 telemetry: false,
+                micro_batches: 1,
             },
             eval: EvalConfig {
                 beam: 4,
@@ -522,6 +537,7 @@ impl RunConfig {
             ("loop.batch_tokens", r.batch_tokens as u64),
             ("loop.eval_every", r.eval_every),
             ("loop.log_every", r.log_every),
+            ("loop.micro_batches", r.micro_batches as u64),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be at least 1"));

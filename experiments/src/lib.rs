@@ -37,6 +37,7 @@ pub mod cli;
 pub mod config;
 pub mod corpus;
 pub mod data;
+pub mod dist;
 pub mod evaluate;
 pub mod report;
 pub mod stats;

@@ -27,6 +27,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use transformer::train::Divergence;
+use transformer::train::accumulate::{Micro, check_ranks, micro_weights};
 use transformer::{EvalStats, Registry, Trainer};
 
 use crate::batching::{Batch, BatchStream};
@@ -94,6 +95,9 @@ pub struct Run {
     elapsed_before: f64,
     /// Lowest validation loss so far, and its step.
     best: Option<(f64, u64)>,
+    /// This process writes the run folder (rank 0 of an MPI job, or the
+    /// only process); the other ranks only train.
+    writer: bool,
 }
 
 /// The telemetry file of a run folder (see [`crate::telemetry`]).
@@ -138,14 +142,18 @@ impl Run {
         verbose: bool,
     ) -> Result<Run, String> {
         config.validate()?;
-        if dir.join("config.toml").exists() {
+        let writer = crate::dist::world().rank() == 0;
+        let verbose = verbose && writer;
+        if writer && dir.join("config.toml").exists() {
             return Err(format!(
                 "{} already holds a run: continue it with --resume {0}, or choose another \
                  --name / --out",
                 dir.display()
             ));
         }
-        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        if writer {
+            std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        }
         let t = Instant::now();
         let raw = read_raw(&config)?;
         let vocabs = train_vocabs(&config, &raw)?;
@@ -159,7 +167,9 @@ impl Run {
                 t.elapsed().as_secs_f64()
             )
         });
-        vocabs.save(dir)?;
+        if writer {
+            vocabs.save(dir)?;
+        }
         if config.model.src_vocab == 0 {
             config.model.src_vocab = vocabs.src.len();
         }
@@ -174,7 +184,9 @@ impl Run {
             config.run.seed,
             registry,
         )?;
-        write_atomic(&dir.join("config.toml"), config.to_toml().as_bytes())?;
+        if writer {
+            write_atomic(&dir.join("config.toml"), config.to_toml().as_bytes())?;
+        }
         let run = Run {
             dir: dir.to_path_buf(),
             config,
@@ -184,6 +196,7 @@ impl Run {
             registry: registry.clone(),
             elapsed_before: 0.0,
             best: None,
+            writer,
         };
         run.describe(verbose);
         Ok(run)
@@ -198,6 +211,7 @@ impl Run {
 
     /// [`Run::resume`] with a user's blocks.
     pub fn resume_with(dir: &Path, registry: &Registry<f32>, verbose: bool) -> Result<Run, String> {
+        let verbose = verbose && crate::dist::world().rank() == 0;
         let config = RunConfig::load(&dir.join("config.toml"))?;
         let vocabs = Vocabs::load(dir)?;
         if vocabs.src.len() != config.model.src_vocab || vocabs.tgt.len() != config.model.tgt_vocab
@@ -222,10 +236,15 @@ impl Run {
             ));
         }
         let metrics = dir.join("metrics.csv");
-        truncate_metrics(&metrics, trainer.step).map_err(|e| e.to_string())?;
-        crate::telemetry::truncate(&dir.join(TELEMETRY), trainer.step)
-            .map_err(|e| e.to_string())?;
-        let rows = read_metrics(&metrics).map_err(|e| e.to_string())?;
+        let writer = crate::dist::world().rank() == 0;
+        let rows = if writer {
+            truncate_metrics(&metrics, trainer.step).map_err(|e| e.to_string())?;
+            crate::telemetry::truncate(&dir.join(TELEMETRY), trainer.step)
+                .map_err(|e| e.to_string())?;
+            read_metrics(&metrics).map_err(|e| e.to_string())?
+        } else {
+            Vec::new()
+        };
         let elapsed_before = rows.last().map_or(0.0, |r| r.elapsed_s);
         let best = rows
             .iter()
@@ -243,6 +262,7 @@ impl Run {
             registry: registry.clone(),
             elapsed_before,
             best,
+            writer,
         };
         run.describe(verbose);
         Ok(run)
@@ -287,15 +307,28 @@ impl Run {
     /// and checkpointing every `loop.eval_every` steps, and at the end.
     pub fn train(&mut self, opts: &RunOptions) -> Result<Outcome, String> {
         let cfg = self.config.run.clone();
+        let world = crate::dist::world();
+        // Micro-batches (and any rank count): the fixed-order step of
+        // `dist::step`; otherwise the ordinary one.
+        let micro = cfg.micro_batches > 1 || world.size() > 1;
+        if micro {
+            check_ranks(cfg.micro_batches, world.size())?;
+        }
         let metrics_path = self.dir.join("metrics.csv");
-        let mut metrics =
-            MetricsWriter::open(&metrics_path, self.trainer.step > 0).map_err(|e| e.to_string())?;
+        let mut metrics = if self.writer {
+            Some(
+                MetricsWriter::open(&metrics_path, self.trainer.step > 0)
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            None
+        };
         let start_step = self.trainer.step;
         let budget_s = cfg.minutes.map(|m| m * 60.0);
         let t0 = Instant::now();
         let elapsed = |before: f64| before + t0.elapsed().as_secs_f64();
         let bar = progress_bar(
-            opts.progress,
+            opts.progress && self.writer,
             cfg.steps,
             budget_s,
             start_step,
@@ -315,7 +348,7 @@ impl Run {
         } else {
             None
         };
-        if start_step == 0 {
+        if start_step == 0 && self.writer {
             self.telemetry(probe.as_ref())?;
         }
         let (mut loss_sum, mut loss_n, mut tokens) = (0.0f64, 0u64, 0usize);
@@ -323,18 +356,64 @@ impl Run {
         let mut outcome = Outcome::Finished;
         loop {
             let step = self.trainer.step;
-            if cfg.steps.is_some_and(|s| step >= s)
+            // Rank 0's clock decides for every rank: 0 go on, 1 the budget
+            // is spent, 2 stopped on purpose.
+            let code = if cfg.steps.is_some_and(|s| step >= s)
                 || budget_s.is_some_and(|b| elapsed(self.elapsed_before) >= b)
             {
-                break;
+                1
+            } else if opts.stop_after.is_some_and(|n| step - start_step >= n) {
+                2
+            } else {
+                0
+            };
+            match crate::dist::decide(world, code)? {
+                0 => {}
+                1 => break,
+                _ => {
+                    outcome = Outcome::Stopped;
+                    break;
+                }
             }
-            if opts.stop_after.is_some_and(|n| step - start_step >= n) {
-                outcome = Outcome::Stopped;
-                break;
-            }
-            let batch = stream.next_batch();
-            let st = self.trainer.step(&batch.src, &batch.tgt_in, &batch.labels);
-            tokens += batch.src_tokens + batch.tgt_tokens;
+            let st = if micro {
+                let parts = stream.next_micro(cfg.micro_batches);
+                tokens += parts
+                    .iter()
+                    .flatten()
+                    .map(|b| b.src_tokens + b.tgt_tokens)
+                    .sum::<usize>();
+                let weights = micro_weights(
+                    &parts
+                        .iter()
+                        .map(|b| b.as_ref().map_or(0, |b| b.tgt_tokens))
+                        .collect::<Vec<_>>(),
+                );
+                let any = parts
+                    .iter()
+                    .flatten()
+                    .next()
+                    .expect("a batch has at least one row");
+                let micros: Vec<Micro<'_>> = parts
+                    .iter()
+                    .zip(&weights)
+                    .map(|(b, &weight)| {
+                        // An empty micro-batch has weight 0 and is never
+                        // computed: it points at any real one.
+                        let b = b.as_ref().unwrap_or(any);
+                        Micro {
+                            src: &b.src,
+                            tgt_in: &b.tgt_in,
+                            labels: &b.labels,
+                            weight,
+                        }
+                    })
+                    .collect();
+                crate::dist::step(world, &mut self.trainer, &micros)?
+            } else {
+                let batch = stream.next_batch();
+                tokens += batch.src_tokens + batch.tgt_tokens;
+                self.trainer.step(&batch.src, &batch.tgt_in, &batch.labels)
+            };
             if st.loss.is_finite() {
                 loss_sum += f64::from(st.loss);
                 loss_n += 1;
@@ -360,14 +439,19 @@ impl Run {
                     grad_norm: Some(f64::from(st.grad_norm)),
                     tokens_per_s: 0.0,
                 };
-                metrics.write(&row).map_err(|e| e.to_string())?;
+                if let Some(m) = &mut metrics {
+                    m.write(&row).map_err(|e| e.to_string())?;
+                }
                 break;
             }
             // The last step of the budget is validated and checkpointed too.
             let ending = cfg.steps.is_some_and(|s| step >= s)
                 || budget_s.is_some_and(|b| elapsed(self.elapsed_before) >= b);
             let validate_now = step.is_multiple_of(cfg.eval_every) || ending;
-            if step.is_multiple_of(cfg.log_every) || validate_now {
+            if let Some(metrics) = metrics
+                .as_mut()
+                .filter(|_| step.is_multiple_of(cfg.log_every) || validate_now)
+            {
                 let secs = window_t.elapsed().as_secs_f64().max(1e-9);
                 let train_loss = loss_sum / loss_n.max(1) as f64;
                 let mut row = MetricsRow {
@@ -499,11 +583,12 @@ impl TrainStream {
         }
     }
 
-    fn next_batch(&mut self) -> Batch {
+    /// The rows of the next batch: example indices (seq2seq) or window
+    /// starts (language model).
+    fn next_rows(&mut self) -> Vec<usize> {
         match (&*self.corpus, &mut self.seq) {
-            (Corpus::Seq2Seq(d), Some(stream)) => {
-                let (_, idx) = stream.next().expect("a BatchStream is endless");
-                seq2seq_batch(&d.train, &idx)
+            (Corpus::Seq2Seq(_), Some(stream)) => {
+                stream.next().expect("a BatchStream is endless").1
             }
             (Corpus::Lm(d), _) => {
                 let per_batch = (self.tokens / d.context).max(1);
@@ -514,13 +599,75 @@ impl TrainStream {
                     *starts = d.epoch_windows(self.seed, *epoch);
                 }
                 let end = (*pos + per_batch).min(starts.len());
-                let b = d.batch(&d.train, &starts[*pos..end]);
+                let rows = starts[*pos..end].to_vec();
                 *pos = end;
-                b
+                rows
             }
             (Corpus::Seq2Seq(_), None) => unreachable!("a seq2seq stream has a BatchStream"),
         }
     }
+
+    fn build(&self, rows: &[usize]) -> Batch {
+        match &*self.corpus {
+            Corpus::Seq2Seq(d) => seq2seq_batch(&d.train, rows),
+            Corpus::Lm(d) => d.batch(&d.train, rows),
+        }
+    }
+
+    /// Tokens of one row (source and target), what micro-batches are
+    /// balanced by.
+    fn row_tokens(&self, row: usize) -> usize {
+        match &*self.corpus {
+            Corpus::Seq2Seq(d) => d.train[row].src.len() + d.train[row].tgt.len() + 2,
+            Corpus::Lm(d) => d.context,
+        }
+    }
+
+    fn next_batch(&mut self) -> Batch {
+        let rows = self.next_rows();
+        self.build(&rows)
+    }
+
+    /// The next batch cut into `m` micro-batches (see [`split_rows`]);
+    /// `None` for a micro-batch that got no row.
+    fn next_micro(&mut self, m: usize) -> Vec<Option<Batch>> {
+        let rows = self.next_rows();
+        let tokens: Vec<usize> = rows.iter().map(|&r| self.row_tokens(r)).collect();
+        split_rows(&tokens, m)
+            .into_iter()
+            .map(|range| (!range.is_empty()).then(|| self.build(&rows[range])))
+            .collect()
+    }
+}
+
+/// Cuts a batch's rows (with these token counts, in batch order) into `m`
+/// contiguous groups of about equal tokens: row `i` goes to group
+/// `floor(m * tokens before i / total)`. A group may be empty when a row
+/// holds more than a share.
+///
+/// ```
+/// use experiments::train::split_rows;
+/// assert_eq!(split_rows(&[5, 5, 5, 5], 2), vec![0..2, 2..4]);
+/// assert_eq!(split_rows(&[10, 1, 1], 2), vec![0..1, 1..3]);
+/// assert_eq!(split_rows(&[10], 3), vec![0..1, 1..1, 1..1]);
+/// ```
+pub fn split_rows(tokens: &[usize], m: usize) -> Vec<std::ops::Range<usize>> {
+    let total: usize = tokens.iter().sum::<usize>().max(1);
+    let mut groups = vec![0usize; m + 1];
+    let mut before = 0usize;
+    for &t in tokens {
+        let g = (m * before / total).min(m - 1);
+        groups[g + 1] += 1;
+        before += t;
+    }
+    let mut start = 0;
+    (0..m)
+        .map(|g| {
+            let r = start..start + groups[g + 1];
+            start = r.end;
+            r
+        })
+        .collect()
 }
 
 fn progress_bar(

@@ -17,6 +17,8 @@ fn opts(dir: &std::path::Path, jobs: usize) -> SweepOptions {
         threads: 1,
         progress: false,
         verbose: false,
+        shard: None,
+        train_missing: true,
     }
 }
 

@@ -22,6 +22,14 @@ fn main() -> ExitCode {
     // the same buffers every step (see the README, Performance).
     autograd::retain_freed_memory();
     let cli = Cli::parse();
+    // Under `mpirun` (built with the `mpi` feature): join the job.
+    let _mpi = match experiments::dist::init() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match train_and_report(&cli.train, "copy", &Registry::builtin()) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {

@@ -60,6 +60,14 @@ fn main() -> ExitCode {
     // the same buffers every step (see the README, Performance).
     autograd::retain_freed_memory();
     let cli = Cli::parse();
+    // Under `mpirun` (built with the `mpi` feature): join the job.
+    let _mpi = match experiments::dist::init() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.cmd {
         None => train_and_report(&cli.train, "lm", &Registry::builtin()).map(|_| ()),
         Some(Cmd::Train(args)) => train_and_report(&args, "lm", &Registry::builtin()).map(|_| ()),

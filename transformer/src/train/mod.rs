@@ -3,6 +3,7 @@
 //! ([`schedule`]), checkpoints ([`checkpoint`]) and the metrics a researcher
 //! reads ([`EvalStats`]).
 
+pub mod accumulate;
 pub mod checkpoint;
 mod metrics;
 pub mod optim;

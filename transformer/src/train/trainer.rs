@@ -217,9 +217,19 @@ impl Trainer {
         let logits = self.model.forward(&ctx, src, tgt_in); // (B, T, V)
         let loss = self.model.loss(logits, labels, self.config.smoothing);
         let loss_value = loss.value().item();
-        let mut grads = tape.backward(loss).into_params();
+        let grads = tape.backward(loss).into_params();
         self.rng = ctx.into_rng();
         drop(tape);
+        self.apply(grads, loss_value)
+    }
+
+    /// The end of every step: clipping, the scheduled update, the
+    /// divergence check.
+    pub(crate) fn apply(
+        &mut self,
+        mut grads: autograd::ParamGrads<f32>,
+        loss_value: f32,
+    ) -> StepStats {
         let grad_norm = match self.config.clip_norm {
             Some(c) => clip_grad_norm(&mut grads, c),
             None => grad_norm(&grads) as f32,
