@@ -382,9 +382,10 @@ pub fn sweep(ablation: &Ablation, opts: &SweepOptions) -> Result<Vec<RunResult>,
                     let v = &ablation.variants[vi];
                     let t = std::time::Instant::now();
                     // Each run as on one machine, whatever job this is.
-                    let r = crate::dist::alone(|| {
-                        pool.install(|| run_one(ablation, v, seed, &opts.dir))
-                    });
+                    // (`alone` is per thread: inside `install`, on the
+                    // pool's thread that runs the training.)
+                    let r = pool
+                        .install(|| crate::dist::alone(|| run_one(ablation, v, seed, &opts.dir)));
                     if opts.verbose {
                         let line = match &r {
                             Ok(r) if r.diverged() => format!(

@@ -391,6 +391,7 @@ pub fn step(
     micros: &[Micro<'_>],
 ) -> Result<StepStats, String> {
     check_ranks(micros.len(), c.size())?;
+    inject_fault(c.rank(), trainer.step);
     let layout = GradLayout::of(&mut trainer.model);
     let seed = trainer.step_seed();
     let block = rank_block(micros.len(), c.size(), c.rank());
@@ -402,6 +403,34 @@ pub fn step(
         allreduce_tree(c, &mut sum)?;
     }
     Ok(trainer.apply_sum(&layout, &sum))
+}
+
+/// Fault injection for the failure tests: `EXPERIMENTS_FAULT=hang:R:S`
+/// makes rank R stop answering before step S + 1 (a hung node), and
+/// `exit:R:S` makes it exit with code 9 there (a dead one). Unset, it does
+/// nothing.
+fn inject_fault(rank: usize, step: u64) {
+    static FAULT: OnceLock<Option<(String, usize, u64)>> = OnceLock::new();
+    let fault = FAULT.get_or_init(|| {
+        let v = std::env::var("EXPERIMENTS_FAULT").ok()?;
+        let mut parts = v.split(':');
+        let kind = parts.next()?.to_string();
+        let r = parts.next()?.parse().ok()?;
+        let s = parts.next()?.parse().ok()?;
+        Some((kind, r, s))
+    });
+    if let Some((kind, r, s)) = fault
+        && *r == rank
+        && *s == step
+    {
+        eprintln!("rank {rank}: EXPERIMENTS_FAULT={kind} at step {step}");
+        if kind == "exit" {
+            std::process::exit(9);
+        }
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
 }
 
 static WORLD: OnceLock<Box<dyn Collective>> = OnceLock::new();

@@ -199,6 +199,12 @@ impl GradLayout {
         self.grad_len + self.params.len() + 1
     }
 
+    /// Gradient elements at the start of a buffer (before the presence
+    /// flags and the loss).
+    pub fn grad_len(&self) -> usize {
+        self.grad_len
+    }
+
     /// True for a model without parameters.
     pub fn is_empty(&self) -> bool {
         self.params.is_empty()
