@@ -390,19 +390,51 @@ pub fn step(
     trainer: &mut Trainer,
     micros: &[Micro<'_>],
 ) -> Result<StepStats, String> {
+    step_timed(c, trainer, micros).map(|(s, _)| s)
+}
+
+/// Where a data-parallel step's time went on this rank.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepTiming {
+    /// Forward and backward of this rank's micro-batches and their sum.
+    pub compute_s: f64,
+    /// The tree all-reduce (waiting for partners included).
+    pub reduce_s: f64,
+    /// The optimiser update.
+    pub update_s: f64,
+}
+
+/// [`step`], also saying where the time went (for the bench).
+pub fn step_timed(
+    c: &dyn Collective,
+    trainer: &mut Trainer,
+    micros: &[Micro<'_>],
+) -> Result<(StepStats, StepTiming), String> {
     check_ranks(micros.len(), c.size())?;
     inject_fault(c.rank(), trainer.step);
     let layout = GradLayout::of(&mut trainer.model);
     let seed = trainer.step_seed();
     let block = rank_block(micros.len(), c.size(), c.rank());
     let t: &Trainer = trainer;
+    let clock = std::time::Instant::now();
     let mut sum = tree_sum(block.start, block.end, &mut |i| {
         t.micro_grads(&layout, &micros[i], seed, i)
     });
+    let compute_s = clock.elapsed().as_secs_f64();
     if c.size() > 1 {
         allreduce_tree(c, &mut sum)?;
     }
-    Ok(trainer.apply_sum(&layout, &sum))
+    let reduce_s = clock.elapsed().as_secs_f64() - compute_s;
+    let stats = trainer.apply_sum(&layout, &sum);
+    let update_s = clock.elapsed().as_secs_f64() - compute_s - reduce_s;
+    Ok((
+        stats,
+        StepTiming {
+            compute_s,
+            reduce_s,
+            update_s,
+        },
+    ))
 }
 
 /// Fault injection for the failure tests: `EXPERIMENTS_FAULT=hang:R:S`

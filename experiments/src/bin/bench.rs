@@ -36,6 +36,10 @@ enum Workload {
     W4,
     #[value(name = "W5")]
     W5,
+    /// W1's step in micro-batches with the fixed-order sum, shared among
+    /// the ranks of `mpirun` (issue 12); not part of `all`.
+    #[value(name = "W1-dp")]
+    W1Dp,
     #[value(name = "all")]
     All,
 }
@@ -61,6 +65,9 @@ struct Args {
     /// Print one JSON object per measurement instead of the table.
     #[arg(long)]
     json: bool,
+    /// W1-dp: micro-batches per step (a multiple of the rank count).
+    #[arg(long, default_value_t = 2)]
+    micro_batches: usize,
 }
 
 /// One row of the report.
@@ -184,6 +191,98 @@ fn w1(args: &Args) -> Row {
         32.0 * 32.0,
         w1_gflop(),
     )
+}
+
+/// W1-dp: W1's batch (32 x 32 tokens) cut into `--micro-batches` equal
+/// micro-batches, summed in the fixed tree order and shared among the
+/// ranks of the MPI job (`mpirun -np K bench --workload W1-dp`; one rank
+/// without mpirun). Reports the step (rank 0's clock: the job's pace) and,
+/// on stderr, the medians of compute, all-reduce and update time per step
+/// and the bytes one rank sends per step.
+fn w1_dp(args: &Args) -> Result<Vec<Row>, String> {
+    use experiments::dist::{self, StepTiming};
+    use transformer::train::accumulate::{GradLayout, Micro, micro_weights};
+    let world = dist::world();
+    let m = args.micro_batches;
+    transformer::train::accumulate::check_ranks(m, world.size())?;
+    if !32usize.is_multiple_of(m) {
+        return Err(format!("--micro-batches {m} must divide W1's 32 rows"));
+    }
+    let cfg = bench_config(1000, 256, 4, 1024, 3, 64);
+    let mut trainer = Trainer::new(cfg, TrainConfig::paper(256), 0).expect("W1 config is valid");
+    let mut r = rng(1234);
+    let mut toks = |n: usize| {
+        (0..n)
+            .map(|_| r.random_range(0..1000usize))
+            .collect::<Vec<_>>()
+    };
+    let (src, tgt_in, labels) = (toks(32 * 32), toks(32 * 32), toks(32 * 32));
+    let rows = 32 / m;
+    let parts: Vec<(TokenBatch, TokenBatch, Vec<usize>)> = (0..m)
+        .map(|i| {
+            let span = i * rows * 32..(i + 1) * rows * 32;
+            (
+                TokenBatch::new(src[span.clone()].to_vec(), rows, 32),
+                TokenBatch::new(tgt_in[span.clone()].to_vec(), rows, 32),
+                labels[span].to_vec(),
+            )
+        })
+        .collect();
+    let w = micro_weights(&vec![rows * 32; m]);
+    let micros: Vec<Micro<'_>> = parts
+        .iter()
+        .zip(&w)
+        .map(|((s, t, l), &weight)| Micro {
+            src: s,
+            tgt_in: t,
+            labels: l,
+            weight,
+        })
+        .collect();
+    let mut timings: Vec<StepTiming> = Vec::new();
+    let mut failed = None;
+    let (first, mut times) = time_steps(args.warmup, args.steps, || {
+        match dist::step_timed(world, &mut trainer, &micros) {
+            Ok((_, t)) => timings.push(t),
+            Err(e) => failed = Some(e),
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let timed = &timings[timings.len() - args.steps..];
+    let pick = |f: fn(&StepTiming) -> f64| {
+        let mut v: Vec<f64> = timed.iter().map(|t| f(t) * 1e3).collect();
+        median(&mut v)
+    };
+    let (compute, reduce, update) = (
+        pick(|t| t.compute_s),
+        pick(|t| t.reduce_s),
+        pick(|t| t.update_s),
+    );
+    let bytes = GradLayout::of(&mut trainer.model).bytes();
+    let label = format!(
+        "W1-dp train step ({m} micro-batches, {} rank(s))",
+        world.size()
+    );
+    if world.rank() == 0 {
+        eprintln!(
+            "{label}: per step (medians) compute {compute:.2} ms ({:.2} ms per micro-batch), \
+             all-reduce {reduce:.2} ms, update {update:.2} ms; one gradient buffer = {bytes} bytes \
+             ({:.1} MB), sent log2(K) = {} time(s) up and received as often down the tree",
+            compute / (m / world.size()) as f64,
+            bytes as f64 / 1e6,
+            world.size().trailing_zeros()
+        );
+    }
+    Ok(vec![model_row(
+        &label,
+        args,
+        first,
+        &mut times,
+        32.0 * 32.0,
+        w1_gflop(),
+    )])
 }
 
 /// W2 and W3: one encoder layer, forward + sum + backward to its parameters.
@@ -417,6 +516,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // links it, so the binary opts in, first thing.
     autograd::retain_freed_memory();
     let args = Args::parse();
+    let _mpi = experiments::dist::init()?;
+    let quiet = experiments::dist::world().rank() != 0;
     if args.threads == 0 || args.steps == 0 {
         return Err("--threads and --steps must be at least 1".into());
     }
@@ -428,6 +529,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rows = Vec::new();
     let mut emit = |batch: Vec<Row>| {
         for r in &batch {
+            if quiet {
+                continue;
+            }
             if args.json {
                 println!("{}", json(r));
             } else {
@@ -466,6 +570,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if all || args.workload == Workload::W5 {
         emit(w5(&args));
+    }
+    if args.workload == Workload::W1Dp {
+        emit(w1_dp(&args)?);
+    }
+    if quiet {
+        return Ok(());
     }
     let table = markdown(&rows);
     if !args.json {
