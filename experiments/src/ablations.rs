@@ -506,6 +506,15 @@ impl AblationArgs {
             a.base.run.minutes = self.minutes;
         }
         a.base = a.base.with_overrides(&self.sets)?;
+        if !self.sets.is_empty() {
+            // The notes above describe the default protocol: say what
+            // replaced it, so a follow-up's summary does not contradict
+            // its own command.
+            a.notes.push(format!(
+                "Overrides of the protocol above (they win where a note disagrees): --set {}.",
+                self.sets.join(" --set ")
+            ));
+        }
         a.only(&self.only)?;
         Ok(a)
     }

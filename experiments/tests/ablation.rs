@@ -1,5 +1,6 @@
 //! The ablation runner: parallel = alone bit for bit, resume of a sweep,
-//! the telemetry file, and every ablation binary's `--quick` run.
+//! diverged runs counted and judged, the telemetry file, and every
+//! ablation binary's `--quick` run.
 
 mod common;
 
@@ -185,6 +186,35 @@ fn rerunning_a_sweep_skips_finished_runs_and_resumes_interrupted_ones() {
     other.base.run.steps = Some(30);
     let e = sweep(&other, &opts(&tmp.0, 1)).unwrap_err();
     assert!(e.contains("another config"), "{e}");
+}
+
+#[test]
+fn diverged_runs_are_counted_and_judged_not_dropped() {
+    use experiments::ablation::judge;
+    use experiments::stats::{Expect, Verdict};
+    let tmp = TempDir::new("abl-diverge");
+    let mut a = ablation("norm", true).unwrap();
+    a.only(&["bn-post".to_string()]).unwrap();
+    a.seeds = vec![0, 1];
+    // bn-post at an absurd learning rate: every seed diverges.
+    let v = a.variants.iter_mut().find(|v| v.name == "bn-post").unwrap();
+    v.sets.push("train.schedule.Cosine.peak_lr=1e6".into());
+    v.expect = Some(Expect::Higher);
+    let results = sweep(&a, &opts(&tmp.0, 2)).unwrap();
+    assert_eq!(results.len(), 4, "diverged runs are results too");
+    let bn: Vec<_> = results.iter().filter(|r| r.variant == "bn-post").collect();
+    assert!(
+        bn.iter().all(|r| r.diverged() && r.diverged_at.is_some()),
+        "{bn:?}"
+    );
+    let stats = judge(&a, &results);
+    let s = stats.iter().find(|s| s.variant.name == "bn-post").unwrap();
+    assert_eq!(s.diverged, 2);
+    assert_eq!(s.verdict, Some(Verdict::Reproduces), "{}", s.reason);
+    assert!(s.reason.contains("diverged in all 2 seeds"), "{}", s.reason);
+    // The summary shows the count.
+    let md = report(&a, &results, &tmp.0, "test").unwrap();
+    assert!(md.contains("2/2"), "{md}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The training loop on tiny configs: the loss falls, `metrics.csv` has
 //! its columns, an interrupted run resumed equals the uninterrupted run bit
-//! for bit, and a diverging run is an outcome, not a crash.
+//! for bit (with ordinary and micro-batched steps), telemetry does not
+//! change the training, and a diverging run is an outcome, not a crash.
 
 use std::path::{Path, PathBuf};
 
@@ -314,5 +315,71 @@ fn cached_sampling_equals_uncached_sampling() {
         let slow = sample_with(&model, &vocabs, "It is a ", &opts, false);
         assert_eq!(fast.chars().count(), 40, "seed {seed}: {fast:?}");
         assert_eq!(fast, slow, "seed {seed}");
+    }
+}
+
+#[test]
+fn telemetry_reads_the_model_only_the_training_is_the_same_with_it_on() {
+    let on = temp("telemetry-on");
+    let off = temp("telemetry-off");
+    for (dir, flag) in [(&on, "true"), (&off, "false")] {
+        let c = copy_config(20)
+            .with_overrides(&[format!("loop.telemetry={flag}")])
+            .unwrap();
+        Run::start(dir, c, false).unwrap().train(&quiet()).unwrap();
+    }
+    assert!(on.join("telemetry.csv").exists());
+    assert!(!off.join("telemetry.csv").exists());
+    assert_eq!(
+        std::fs::read(last_checkpoint(&on)).unwrap(),
+        std::fs::read(last_checkpoint(&off)).unwrap(),
+        "telemetry changed the training"
+    );
+    std::fs::remove_dir_all(&on).unwrap();
+    std::fs::remove_dir_all(&off).unwrap();
+}
+
+#[test]
+fn a_micro_batched_run_trains_and_resumes_bit_for_bit() {
+    // loop.micro_batches = 3 (gradient accumulation in the fixed tree order,
+    // see experiments::dist): the loss falls, and a resumed run equals the
+    // uninterrupted one, as for ordinary steps.
+    let config = || {
+        copy_config(30)
+            .with_overrides(&["loop.micro_batches=3".to_string()])
+            .unwrap()
+    };
+    let whole = temp("micro-whole");
+    let mut run = Run::start(&whole, config(), false).unwrap();
+    assert_eq!(run.train(&quiet()).unwrap(), Outcome::Finished);
+    let rows = read_metrics(&whole.join("metrics.csv")).unwrap();
+    assert!(rows.last().unwrap().train_loss < rows[0].train_loss);
+    let parts = temp("micro-parts");
+    let mut run = Run::start(&parts, config(), false).unwrap();
+    let stop = RunOptions {
+        stop_after: Some(13),
+        ..quiet()
+    };
+    assert_eq!(run.train(&stop).unwrap(), Outcome::Stopped);
+    drop(run);
+    let mut run = Run::resume(&parts, false).unwrap();
+    assert_eq!(run.trainer.step, 10);
+    run.train(&quiet()).unwrap();
+    assert_eq!(
+        std::fs::read(last_checkpoint(&whole)).unwrap(),
+        std::fs::read(last_checkpoint(&parts)).unwrap()
+    );
+    // And it is not the ordinary step under another name.
+    let plain = temp("micro-plain");
+    Run::start(&plain, copy_config(30), false)
+        .unwrap()
+        .train(&quiet())
+        .unwrap();
+    assert_ne!(
+        std::fs::read(last_checkpoint(&whole)).unwrap(),
+        std::fs::read(last_checkpoint(&plain)).unwrap()
+    );
+    for d in [whole, parts, plain] {
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }
