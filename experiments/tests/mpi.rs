@@ -1,6 +1,6 @@
 //! The distributed guarantee over real processes (issue 12), with the
 //! `mpi` feature and Open MPI's `mpirun`: the copy task and a short
-//! `translate` run on 2 and 4 ranks (`--oversubscribe` on 2 cores) equal
+//! `translate` run on 2 and 4 ranks (and the language model on 2) (`--oversubscribe` on 2 cores) equal
 //! the single-process run with the same micro-batches bit for bit (the
 //! checkpoints' bytes, which hold weights, Adam's moments, step and RNG,
 //! and every metrics column but the wall-clock ones); a resumed
@@ -24,6 +24,7 @@ fn strs(v: &[String]) -> Vec<&str> {
 const COPY: &str = env!("CARGO_BIN_EXE_copy_task");
 const TRANSLATE: &str = env!("CARGO_BIN_EXE_translate");
 const NORM: &str = env!("CARGO_BIN_EXE_norm_ablation");
+const LM: &str = env!("CARGO_BIN_EXE_lm");
 
 fn temp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("mpi-{name}-{}", std::process::id()));
@@ -213,6 +214,31 @@ fn a_short_translate_run_on_2_and_4_ranks_and_resumed_equals_one_process() {
         ],
     );
     same(&d.join("one"), &dir);
+}
+
+#[test]
+fn the_language_model_on_2_ranks_equals_one_process() {
+    let d = temp("lm");
+    let out = d.to_string_lossy().into_owned();
+    for (n, name) in [(0, "one"), (2, "two")] {
+        ok(
+            n,
+            LM,
+            &[
+                "--quick",
+                "--threads",
+                "1",
+                "--set",
+                "loop.micro_batches=2",
+                "--no-progress",
+                "--out",
+                &out,
+                "--name",
+                name,
+            ],
+        );
+    }
+    same(&d.join("one"), &d.join("two"));
 }
 
 /// Every run's checkpoint and numbers in a sweep folder, without the
