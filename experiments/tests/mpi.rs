@@ -21,6 +21,28 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
+/// The flags of a quick training run with `micro` micro-batches on one
+/// thread, into `out/name`, then `extra`.
+fn quick(out: &Path, name: &str, micro: usize, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "--quick",
+        "--threads",
+        "1",
+        "--set",
+        &format!("loop.micro_batches={micro}"),
+        "--no-progress",
+        "--out",
+        &out.to_string_lossy(),
+        "--name",
+        name,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
 const COPY: &str = env!("CARGO_BIN_EXE_copy_task");
 const TRANSLATE: &str = env!("CARGO_BIN_EXE_translate");
 const NORM: &str = env!("CARGO_BIN_EXE_norm_ablation");
@@ -116,44 +138,16 @@ fn same(a: &Path, b: &Path) {
 #[test]
 fn the_copy_task_on_2_and_4_ranks_equals_one_process() {
     let d = temp("copy");
-    let out = d.to_string_lossy().into_owned();
-    let args = |name: &'static str| {
-        vec![
-            "--quick",
-            "--threads",
-            "1",
-            "--set",
-            "loop.micro_batches=4",
-            "--no-progress",
-            "--out",
-            Box::leak(out.clone().into_boxed_str()),
-            "--name",
-            name,
-        ]
-    };
-    ok(0, COPY, &args("one"));
-    let two = ok(2, COPY, &args("two"));
-    ok(4, COPY, &args("four"));
+    ok(0, COPY, &strs(&quick(&d, "one", 4, &[])));
+    let two = ok(2, COPY, &strs(&quick(&d, "two", 4, &[])));
+    ok(4, COPY, &strs(&quick(&d, "four", 4, &[])));
     same(&d.join("one"), &d.join("two"));
     same(&d.join("one"), &d.join("four"));
     // One report, from rank 0.
     assert_eq!(two.matches("report:").count(), 1, "{two}");
     // The micro-batched run is not the ordinary one (the comparison above
     // is not between two runs that ignore the setting).
-    ok(
-        0,
-        COPY,
-        &[
-            "--quick",
-            "--threads",
-            "1",
-            "--no-progress",
-            "--out",
-            &out,
-            "--name",
-            "plain",
-        ],
-    );
+    ok(0, COPY, &strs(&quick(&d, "plain", 1, &[])));
     assert_ne!(
         fingerprint(&d.join("one")).0,
         fingerprint(&d.join("plain")).0
@@ -163,28 +157,15 @@ fn the_copy_task_on_2_and_4_ranks_equals_one_process() {
 #[test]
 fn a_short_translate_run_on_2_and_4_ranks_and_resumed_equals_one_process() {
     let d = temp("translate");
-    let out = d.to_string_lossy().into_owned();
     let base = |name: &str, steps: &str| -> Vec<String> {
-        [
-            "train",
-            "--quick",
-            "--threads",
-            "1",
-            "--steps",
-            steps,
-            "--set",
-            "loop.micro_batches=4",
-            "--set",
-            "loop.eval_every=4",
-            "--no-progress",
-            "--out",
-            &out,
-            "--name",
+        let mut v = vec!["train".to_string()];
+        v.extend(quick(
+            &d,
             name,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+            4,
+            &["--steps", steps, "--set", "loop.eval_every=4"],
+        ));
+        v
     };
     let one = base("one", "12");
     ok(0, TRANSLATE, &strs(&one));
@@ -219,24 +200,8 @@ fn a_short_translate_run_on_2_and_4_ranks_and_resumed_equals_one_process() {
 #[test]
 fn the_language_model_on_2_ranks_equals_one_process() {
     let d = temp("lm");
-    let out = d.to_string_lossy().into_owned();
     for (n, name) in [(0, "one"), (2, "two")] {
-        ok(
-            n,
-            LM,
-            &[
-                "--quick",
-                "--threads",
-                "1",
-                "--set",
-                "loop.micro_batches=2",
-                "--no-progress",
-                "--out",
-                &out,
-                "--name",
-                name,
-            ],
-        );
+        ok(n, LM, &strs(&quick(&d, name, 2, &[])));
     }
     same(&d.join("one"), &d.join("two"));
 }
@@ -348,26 +313,7 @@ fn fails_with(out: &Output, words: &str) {
 #[test]
 fn bad_rank_counts_mismatched_configs_and_hung_or_dead_ranks_are_clear_errors() {
     let d = temp("bad");
-    let out = d.to_string_lossy().into_owned();
-    let copy = |name: &str, extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = [
-            "--quick",
-            "--threads",
-            "1",
-            "--set",
-            "loop.micro_batches=4",
-            "--no-progress",
-            "--out",
-            &out,
-            "--name",
-            name,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        v.extend(extra.iter().map(|s| s.to_string()));
-        v
-    };
+    let copy = |name: &str, extra: &[&str]| quick(&d, name, 4, extra);
     // 3 ranks cannot share 4 micro-batches.
     fails_with(
         &launch(3, COPY, &strs(&copy("three", &[])), &[]),
