@@ -524,8 +524,8 @@ pub fn init() -> Result<Guard, String> {
         match launcher_size() {
             Some(k) if k > 1 => Err(format!(
                 "started by mpirun with {k} processes, but this binary was built without MPI: \
-                 build it with `cargo build --release --features mpi` (see the README, \
-                 Distributed)"
+                 build it with `cargo build --release -p experiments --features mpi` (see the \
+                 README, Distributed)"
             )),
             _ => Ok(Guard {}),
         }
