@@ -52,9 +52,7 @@ use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::Duration;
 
-use transformer::train::accumulate::{
-    GradLayout, Micro, add_into, check_ranks, rank_block, tree_sum,
-};
+use transformer::train::accumulate::{GradLayout, Micro, add_into, check_ranks, rank_block};
 use transformer::{StepStats, Trainer};
 
 /// What the fixed-order reduction needs from a transport: blocking
@@ -415,11 +413,8 @@ pub fn step_timed(
     let layout = GradLayout::of(&mut trainer.model);
     let seed = trainer.step_seed();
     let block = rank_block(micros.len(), c.size(), c.rank());
-    let t: &Trainer = trainer;
     let clock = std::time::Instant::now();
-    let mut sum = tree_sum(block.start, block.end, &mut |i| {
-        t.micro_grads(&layout, &micros[i], seed, i)
-    });
+    let mut sum = trainer.block_sum(&layout, micros, seed, block);
     let compute_s = clock.elapsed().as_secs_f64();
     if c.size() > 1 {
         allreduce_tree(c, &mut sum)?;

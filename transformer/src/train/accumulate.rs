@@ -322,9 +322,22 @@ impl Trainer {
         assert!(!micros.is_empty(), "Trainer::step_micro: no micro-batches");
         let layout = GradLayout::of(&mut self.model);
         let seed = self.step_seed();
-        let sum = tree_sum(0, micros.len(), &mut |i| {
-            self.micro_grads(&layout, &micros[i], seed, i)
-        });
+        let sum = self.block_sum(&layout, micros, seed, 0..micros.len());
         self.apply_sum(&layout, &sum)
+    }
+
+    /// The fixed-tree sum of the flat gradients of `micros[block]` (a node
+    /// of the tree when `block` is a rank's [`rank_block`]): what one
+    /// process of a data-parallel step computes before the ranks combine.
+    pub fn block_sum(
+        &self,
+        layout: &GradLayout,
+        micros: &[Micro<'_>],
+        step_seed: u64,
+        block: std::ops::Range<usize>,
+    ) -> Vec<f32> {
+        tree_sum(block.start, block.end, &mut |i| {
+            self.micro_grads(layout, &micros[i], step_seed, i)
+        })
     }
 }
