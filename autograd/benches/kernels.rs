@@ -80,5 +80,68 @@ fn kernels(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, kernels);
+/// Decoding's products (issue 11): R rows (one position per hypothesis)
+/// times a (K, N) weight, through `autograd::gemm` (the unpacked path for
+/// R <= 64 on AVX-512 machines) and through `matrixmultiply::sgemm`
+/// (always packed), at W5's shapes and across the row cut-off.
+fn skinny(c: &mut Criterion) {
+    for (r, k, n) in [
+        (32, D, F),
+        (32, F, D),
+        (32, D, D),
+        (8, D, F),
+        (64, D, F),
+        (128, D, F),
+    ] {
+        let a = Tensor::<f32>::randn(&[r, k], 0.0, 1.0, 7); // (R, K)
+        // Twelve weights in turn, as a decoder's layers use theirs: each
+        // comes from L3, not from the L2 the previous call left it in.
+        let ws: Vec<Tensor<f32>> = (0..12)
+            .map(|i| Tensor::<f32>::randn(&[k, n], 0.0, 0.05, 8 + i)) // (K, N)
+            .collect();
+        let mut turn = 0;
+        let mut out = vec![0.0f32; r * n];
+        c.bench_function(&format!("skinny {r}x{k}x{n}/gemm"), |bch| {
+            bch.iter(|| {
+                turn = (turn + 1) % ws.len();
+                let w = &ws[turn];
+                autograd::gemm(
+                    autograd::MatRef::new(a.data(), r, k),
+                    autograd::MatRef::new(w.data(), k, n),
+                    &mut out,
+                    false,
+                );
+                black_box(&out);
+            })
+        });
+        c.bench_function(&format!("skinny {r}x{k}x{n}/matrixmultiply"), |bch| {
+            bch.iter(|| {
+                turn = (turn + 1) % ws.len();
+                let w = &ws[turn];
+                // SAFETY: contiguous (R, K), (K, N) and (R, N) buffers.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        r,
+                        k,
+                        n,
+                        1.0,
+                        a.data().as_ptr(),
+                        k as isize,
+                        1,
+                        w.data().as_ptr(),
+                        n as isize,
+                        1,
+                        0.0,
+                        out.as_mut_ptr(),
+                        n as isize,
+                        1,
+                    )
+                };
+                black_box(&out);
+            })
+        });
+    }
+}
+
+criterion_group!(benches, kernels, skinny);
 criterion_main!(benches);

@@ -114,7 +114,9 @@ pub trait Float:
     fn max(self, other: Self) -> Self;
 
     /// `C = alpha * A B + beta * C` on raw strided storage (matrixmultiply's
-    /// `sgemm`/`dgemm`). Strides are in elements, so a transposed operand is
+    /// `sgemm`/`dgemm`; for f32 products of at most 64 rows on AVX-512
+    /// machines, an unpacked kernel with matrixmultiply's exact rounding,
+    /// see `skinny.rs`). Strides are in elements, so a transposed operand is
     /// just swapped strides: no copy.
     ///
     /// # Safety
@@ -257,7 +259,7 @@ macro_rules! impl_float {
 impl_float!(
     f32,
     "f32",
-    matrixmultiply::sgemm,
+    crate::skinny::sgemm,
     exp_f32,
     libm::erff,
     libm::erfcf

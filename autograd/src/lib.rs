@@ -28,11 +28,14 @@ pub mod check;
 mod float;
 mod kernels;
 pub mod ops;
+mod simd;
+mod skinny;
 mod tape;
 mod tensor;
 
 pub use float::Float;
 pub use kernels::{MatRef, Transpose, broadcast_shapes, gemm, matmul_into, matmul_shape};
+pub use simd::wide;
 pub use tape::{
     Anomaly, BackwardFn, Grads, Param, ParamGrads, ParamId, Tape, Var, no_grad, retain_freed_memory,
 };

@@ -68,6 +68,18 @@ struct Args {
     /// W1-dp: micro-batches per step (a multiple of the rank count).
     #[arg(long, default_value_t = 2)]
     micro_batches: usize,
+    /// W5: which decoding paths to time (`uncached` alone is the slow
+    /// reference; `cached` alone is what a profile of the cache wants).
+    #[arg(long, value_enum, default_value_t = DecodePaths::Both)]
+    decode: DecodePaths,
+}
+
+/// W5's decoding paths.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+enum DecodePaths {
+    Cached,
+    Uncached,
+    Both,
 }
 
 /// One row of the report.
@@ -419,7 +431,12 @@ fn w5(args: &Args) -> Vec<Row> {
     const NEVER: usize = usize::MAX; // no end token: exactly 32 steps
     let runs = args.steps.min(5);
     let mut rows = Vec::new();
-    for cached in [true, false] {
+    let paths: &[bool] = match args.decode {
+        DecodePaths::Cached => &[true],
+        DecodePaths::Uncached => &[false],
+        DecodePaths::Both => &[true, false],
+    };
+    for &cached in paths {
         let tag = if cached { "cached" } else { "uncached" };
         let mut time = |name: String, tokens: usize, run: &dyn Fn() -> usize| {
             let (first, mut times) = time_steps(1, runs, || {

@@ -246,41 +246,65 @@ impl<T: Float> KvCache<T> {
         let mut out = vec![T::ZERO; r * tq * d];
         // One output row (R, Tq) at a time: rows are independent, so the
         // result is the same whatever the thread count.
+        // Run with AVX2 when the CPU has it (`autograd::wide`: the same
+        // operations in the same order, so the same bits).
+        // Keys and values are streamed once per query row, all heads
+        // together (each key's D values are contiguous): head by head, the
+        // same rows were read H times at a stride, and the loop waited on
+        // memory. Every element is still the same sum in the same order.
+        // Run with AVX2 when the CPU has it (`autograd::wide`: the same
+        // operations in the same order, so the same bits).
         let one_row = |(row_q, o): (usize, &mut [T])| {
-            let (row, i) = (row_q / tq.max(1), row_q % tq.max(1));
-            let (k, v) = (self.keys(row), self.values(row));
-            let qr = &q.data()[row_q * d..(row_q + 1) * d];
-            let m = mask.map(|m| &m.data()[row * m_rows + i * m_q..][..tk]);
-            let mut p = vec![T::ZERO; tk];
-            for h in 0..heads {
-                let c = h * dk..(h + 1) * dk;
-                let qh = &qr[c.clone()];
-                let mut max = T::NEG_INFINITY;
-                for (j, pj) in p.iter_mut().enumerate() {
-                    *pj = if m.is_some_and(|m| m[j] != T::ZERO) {
-                        T::NEG_INFINITY
-                    } else {
-                        dot(qh, &k[j * d + c.start..j * d + c.end]) * scale
-                    };
-                    max = max.max(*pj);
-                }
-                if max == T::NEG_INFINITY {
-                    continue; // fully masked (or no keys): zeros
-                }
-                let mut z = T::ZERO;
-                for pj in p.iter_mut() {
-                    *pj = (*pj - max).exp_fast();
-                    z += *pj;
-                }
-                let oh = &mut o[c.clone()];
-                for (j, &pj) in p.iter().enumerate() {
-                    let w = pj / z;
-                    let vj = &v[j * d + c.start..j * d + c.end];
-                    for (a, b) in oh.iter_mut().zip(vj) {
-                        *a += w * *b;
+            autograd::wide(
+                #[inline(always)]
+                || {
+                    let (row, i) = (row_q / tq.max(1), row_q % tq.max(1));
+                    let (k, v) = (self.keys(row), self.values(row));
+                    let qr = &q.data()[row_q * d..(row_q + 1) * d];
+                    let m = mask.map(|m| &m.data()[row * m_rows + i * m_q..][..tk]);
+                    let mut p = vec![T::NEG_INFINITY; heads * tk]; // (H, Tk)
+                    for j in 0..tk {
+                        if m.is_some_and(|m| m[j] != T::ZERO) {
+                            continue;
+                        }
+                        let kj = &k[j * d..(j + 1) * d];
+                        for h in 0..heads {
+                            let c = h * dk..(h + 1) * dk;
+                            p[h * tk + j] = dot(&qr[c.clone()], &kj[c]) * scale;
+                        }
                     }
-                }
-            }
+                    // Per head: 1 / z, or None when fully masked (or no
+                    // keys), which gives zeros.
+                    let mut inv = vec![None; heads];
+                    for (ph, inv) in p.chunks_mut(tk.max(1)).zip(&mut inv) {
+                        let max = ph.iter().fold(T::NEG_INFINITY, |a, &b| a.max(b));
+                        if max == T::NEG_INFINITY {
+                            continue;
+                        }
+                        // The exps in a loop of their own (it vectorises),
+                        // then their sum in order.
+                        for pj in ph.iter_mut() {
+                            *pj = (*pj - max).exp_fast();
+                        }
+                        let mut z = T::ZERO;
+                        for &pj in ph.iter() {
+                            z += pj;
+                        }
+                        *inv = Some(z);
+                    }
+                    for j in 0..tk {
+                        let vj = &v[j * d..(j + 1) * d];
+                        for (h, z) in inv.iter().enumerate() {
+                            let Some(z) = *z else { continue };
+                            let w = p[h * tk + j] / z;
+                            let c = h * dk..(h + 1) * dk;
+                            for (a, b) in o[c.clone()].iter_mut().zip(&vj[c]) {
+                                *a += w * *b;
+                            }
+                        }
+                    }
+                },
+            )
         };
         if r * tq * tk * d >= PAR_MIN_WORK {
             out.par_chunks_mut(d.max(1)).enumerate().for_each(one_row);
@@ -295,6 +319,7 @@ impl<T: Float> KvCache<T> {
 /// can keep them in one SIMD register (a single running sum is a chain of
 /// dependent adds it may not reorder). The order is fixed by the lengths,
 /// so the result is the same on every run and thread count.
+#[inline]
 fn dot<T: Float>(a: &[T], b: &[T]) -> T {
     let mut acc = [T::ZERO; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -305,6 +330,9 @@ fn dot<T: Float>(a: &[T], b: &[T]) -> T {
         .map(|(x, y)| *x * *y)
         .sum();
     for (x, y) in ca.zip(cb) {
+        // Fixed-size views: the compiler keeps `acc` as one vector
+        // register (with slices it split it into shuffled halves).
+        let (x, y): (&[T; 8], &[T; 8]) = (x.try_into().expect("8"), y.try_into().expect("8"));
         for l in 0..8 {
             acc[l] += x[l] * y[l];
         }
