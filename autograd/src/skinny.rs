@@ -22,9 +22,11 @@
 //!
 //! Taken only when matrixmultiply would use an FMA kernel too (AVX-512
 //! detected at run time: matrixmultiply then runs its `avx512` kernel), for
-//! `alpha = 1`, `beta` 0 or 1 (all the engine uses), unit column strides
-//! of B and C, and at most [`MAX_ROWS`] rows; everything else goes to
-//! matrixmultiply unchanged.
+//! `alpha = 1`, `beta` 0 or 1 (all the engine uses), a unit column stride
+//! of C, and at most [`MAX_ROWS`] rows; everything else goes to
+//! matrixmultiply unchanged. A B whose rows are not contiguous (a
+//! transposed operand) is first copied row-major, B only: A is read in
+//! place whatever its strides.
 
 /// Products with at most this many rows take the unpacked path: above it,
 /// packing B is shared by enough rows that matrixmultiply's blocked kernel
@@ -64,16 +66,55 @@ pub(crate) unsafe fn sgemm(
         && n > 0
         && alpha == 1.0
         && (beta == 0.0 || beta == 1.0)
-        && csb == 1
         && csc == 1
         && avx512()
     {
-        // SAFETY: AVX-512F is present; the rest is the caller's contract.
-        unsafe { x86::sgemm(m, k, n, a, rsa, csa, b, rsb, c, rsc, beta == 0.0) };
+        if csb == 1 {
+            // SAFETY: AVX-512F is present; the rest is the caller's contract.
+            unsafe { x86::sgemm(m, k, n, a, rsa, csa, b, rsb, c, rsc, beta == 0.0) };
+        } else {
+            // B's rows are not contiguous (a transposed operand: attention's
+            // Q K^T, a tied embedding's x E^T): copy B row-major first,
+            // as matrixmultiply's packing would, but only B.
+            PACKED_B.with_borrow_mut(|buf| {
+                // SAFETY: B is a valid k x n matrix (the caller's contract).
+                unsafe { pack_rows(k, n, b, rsb, csb, buf) };
+                // SAFETY: as above, with B now the contiguous copy.
+                let bp = buf.as_ptr();
+                unsafe { x86::sgemm(m, k, n, a, rsa, csa, bp, n as isize, c, rsc, beta == 0.0) };
+            });
+        }
         return;
     }
     // SAFETY: forwarded contract.
     unsafe { matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+}
+
+thread_local! {
+    /// The row-major copy of a B without unit column stride (per thread:
+    /// the blocks of one product run on different rayon threads).
+    static PACKED_B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Copies the (k, n) matrix at `b` (strides `rsb`, `csb`) into `buf`,
+/// row-major. Sixteen columns at a time, so that the writes are
+/// contiguous and the reads run along sixteen streams.
+///
+/// # Safety
+/// `b` and its strides must describe a valid k x n matrix.
+unsafe fn pack_rows(k: usize, n: usize, b: *const f32, rsb: isize, csb: isize, buf: &mut Vec<f32>) {
+    buf.clear();
+    buf.resize(k * n, 0.0);
+    for j0 in (0..n).step_by(16) {
+        let j1 = (j0 + 16).min(n);
+        for p in 0..k {
+            let row = &mut buf[p * n + j0..p * n + j1];
+            for (j, x) in (j0..j1).zip(row) {
+                // SAFETY: (p, j) is inside the k x n matrix.
+                *x = unsafe { *b.offset(p as isize * rsb + j as isize * csb) };
+            }
+        }
+    }
 }
 
 /// True where the unpacked path runs (AVX-512F at run time; std caches the
@@ -308,6 +349,22 @@ mod tests {
             return;
         }
         let (ours, theirs): (Sgemm, Sgemm) = (sgemm, matrixmultiply::sgemm);
+        // Also with B stored transposed (column-major: the packed path).
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(12);
+        for (m, k, n) in [(1, 1, 1), (32, 64, 32), (7, 300, 45), (64, 256, 1000)] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let bt: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let c0: Vec<f32> = (0..m * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let run = |f: Sgemm| {
+                let mut c = c0.clone();
+                let (ki, ni) = (k as isize, n as isize);
+                let (ap, bp, cp) = (a.as_ptr(), bt.as_ptr(), c.as_mut_ptr());
+                // SAFETY: (m, k) A, B^T stored (n, k), (m, n) C.
+                unsafe { f(m, k, n, 1.0, ap, ki, 1, bp, 1, ki, 1.0, cp, ni, 1) };
+                c.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            };
+            assert_eq!(run(ours), run(theirs), "B transposed: m {m}, k {k}, n {n}");
+        }
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(11);
         let mut checked = 0;
         for m in [1, 2, 7, 8, 9, 17, 32, 33, MAX_ROWS] {
