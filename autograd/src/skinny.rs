@@ -103,8 +103,11 @@ thread_local! {
 /// # Safety
 /// `b` and its strides must describe a valid k x n matrix.
 unsafe fn pack_rows(k: usize, n: usize, b: *const f32, rsb: isize, csb: isize, buf: &mut Vec<f32>) {
-    buf.clear();
-    buf.resize(k * n, 0.0);
+    // Every element is written below: grow without re-zeroing what is
+    // there (a tied vocabulary projection's B is 1 MB, every step).
+    if buf.len() < k * n {
+        buf.resize(k * n, 0.0);
+    }
     for j0 in (0..n).step_by(16) {
         let j1 = (j0 + 16).min(n);
         for p in 0..k {

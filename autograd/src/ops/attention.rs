@@ -110,6 +110,24 @@ fn head_probs<T: Float>(
     lse_in: Option<&[T]>,
     lse_out: &mut [T],
 ) {
+    // With AVX2 when the CPU has it: the scaling and exp loops run twice
+    // as wide, with the same operations in the same order (`crate::wide`).
+    crate::wide(
+        #[inline(always)]
+        || head_probs_rows(s, tk, scale, head, lse_in, lse_out),
+    )
+}
+
+/// [`head_probs`]' loop (inlined into the AVX2 or the baseline caller).
+#[inline(always)]
+fn head_probs_rows<T: Float>(
+    s: &mut [T],
+    tk: usize,
+    scale: T,
+    head: Head<'_, T>,
+    lse_in: Option<&[T]>,
+    lse_out: &mut [T],
+) {
     for (i, row) in s.chunks_mut(tk).enumerate() {
         match head.bias {
             // The no-bias path stays a plain scaling loop: no per-element

@@ -49,6 +49,7 @@ pub(crate) fn softmax_row<T: Float>(x: &[T], out: &mut [T]) {
 
 /// `sum(exp(x - m))` in index order; the exponentials are computed in
 /// blocks of 64 on the stack so that their loop vectorises.
+#[inline]
 pub(crate) fn sum_exp_shifted<T: Float>(x: &[T], m: T) -> T {
     let mut buf = [T::ZERO; 64];
     let mut s = T::ZERO;
