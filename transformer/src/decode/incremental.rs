@@ -39,6 +39,11 @@ pub struct DecodeState<T: Float = f32> {
     src_rows: Vec<usize>,
     /// Row -> the tokens fed so far (for the target padding mask).
     fed: Vec<Vec<usize>>,
+    /// A tied output projection's E^T (D, V), laid out once per search:
+    /// `x E^T` through the strided view copied E^T every step (1 MB for
+    /// W5's vocabulary), for the same products (every element is the
+    /// same multiply-add chain either way, so the same logits).
+    tied_t: Option<Tensor<T>>,
 }
 
 impl<T: Float> DecodeState<T> {
@@ -170,6 +175,10 @@ impl<T: Float> Transformer<T> {
             src_mask: enc.src_mask,
             src_rows: (0..n).collect(),
             fed: vec![Vec::new(); n],
+            tied_t: self
+                .generator
+                .is_none()
+                .then(|| self.tgt_embedding().weight.value.permute(&[1, 0])), // (D, V)
         }
     }
 
@@ -210,9 +219,10 @@ impl<T: Float> Transformer<T> {
         if let Some(n) = &self.decoder.final_norm {
             x = n.forward(&ctx, x, None);
         }
-        let logits = match &self.generator {
-            Some(g) => g.forward(&ctx, x),
-            None => emb.project(&ctx, x), // x E^T
+        let logits = match (&self.generator, &state.tied_t) {
+            (Some(g), _) => g.forward(&ctx, x),
+            (None, Some(et)) => x.linear(tape.constant(et.clone()), None), // x E^T
+            (None, None) => emb.project(&ctx, x),
         }; // (R, 1, V)
         logits.value().reshape(&[r, self.config.tgt_vocab])
     }
