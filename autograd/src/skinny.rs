@@ -71,7 +71,23 @@ pub(crate) unsafe fn sgemm(
     {
         if csb == 1 {
             // SAFETY: AVX-512F is present; the rest is the caller's contract.
-            unsafe { x86::sgemm(m, k, n, a, rsa, csa, b, rsb, c, rsc, beta == 0.0) };
+            unsafe {
+                x86::sgemm(
+                    m,
+                    k,
+                    n,
+                    x86::Mats {
+                        a,
+                        rsa,
+                        csa,
+                        b,
+                        rsb,
+                        c,
+                        rsc,
+                    },
+                    beta == 0.0,
+                )
+            };
         } else {
             // B's rows are not contiguous (a transposed operand: attention's
             // Q K^T, a tied embedding's x E^T): copy B row-major first,
@@ -80,8 +96,17 @@ pub(crate) unsafe fn sgemm(
                 // SAFETY: B is a valid k x n matrix (the caller's contract).
                 unsafe { pack_rows(k, n, b, rsb, csb, buf) };
                 // SAFETY: as above, with B now the contiguous copy.
-                let bp = buf.as_ptr();
-                unsafe { x86::sgemm(m, k, n, a, rsa, csa, bp, n as isize, c, rsc, beta == 0.0) };
+                let (b, rsb) = (buf.as_ptr(), n as isize);
+                let mats = x86::Mats {
+                    a,
+                    rsa,
+                    csa,
+                    b,
+                    rsb,
+                    c,
+                    rsc,
+                };
+                unsafe { x86::sgemm(m, k, n, mats, beta == 0.0) };
             });
         }
         return;
@@ -146,25 +171,25 @@ mod x86 {
     /// Prefetch distance, in rows of B.
     const PF: isize = 16;
 
-    /// C (m, n) = A B (`overwrite`) or C += A B, column stride 1 for B and C.
+    /// A (strides `rsa`, `csa`), B (row stride `rsb`, column stride 1) and
+    /// C (row stride `rsc`, column stride 1) of a product, or of one tile.
+    #[derive(Clone, Copy)]
+    pub(super) struct Mats {
+        pub(super) a: *const f32,
+        pub(super) rsa: isize,
+        pub(super) csa: isize,
+        pub(super) b: *const f32,
+        pub(super) rsb: isize,
+        pub(super) c: *mut f32,
+        pub(super) rsc: isize,
+    }
+
+    /// C (m, n) = A B (`overwrite`) or C += A B.
     ///
     /// # Safety
     /// AVX-512F must be available, and the matrices valid as for `sgemm`.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn sgemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: *const f32,
-        rsa: isize,
-        csa: isize,
-        b: *const f32,
-        rsb: isize,
-        c: *mut f32,
-        rsc: isize,
-        overwrite: bool,
-    ) {
+    pub(super) unsafe fn sgemm(m: usize, k: usize, n: usize, x: Mats, overwrite: bool) {
         // Columns outer, rows inner: one (K, 32) panel of B is read by
         // every row tile while it is still in cache.
         let mut j0 = 0;
@@ -178,13 +203,12 @@ mod x86 {
                 // of the caller's matrices (masked lanes are not touched).
                 unsafe {
                     let t = Tile {
-                        a: a.offset(i0 as isize * rsa),
-                        rsa,
-                        csa,
-                        b: b.add(j0),
-                        rsb,
-                        c: c.offset(i0 as isize * rsc).add(j0),
-                        rsc,
+                        x: Mats {
+                            a: x.a.offset(i0 as isize * x.rsa),
+                            b: x.b.add(j0),
+                            c: x.c.offset(i0 as isize * x.rsc).add(j0),
+                            ..x
+                        },
                         m0,
                         m1,
                         prefetch_panels: if j0 == 0 { [1, 2] } else { [2, 0] },
@@ -218,13 +242,8 @@ mod x86 {
 
     /// One tile of C: up to 8 rows, two masked 16-lane column halves.
     struct Tile {
-        a: *const f32,
-        rsa: isize,
-        csa: isize,
-        b: *const f32,
-        rsb: isize,
-        c: *mut f32,
-        rsc: isize,
+        /// The tile's corner in A, B and C.
+        x: Mats,
         m0: __mmask16,
         m1: __mmask16,
         /// Panels of B ahead of this one (in panels) to fetch into L2 while
@@ -254,11 +273,11 @@ mod x86 {
                     // SAFETY: row p of B, masked to the tile's columns; A's
                     // element (r, p) of the tile.
                     unsafe {
-                        let bp = self.b.offset(p as isize * self.rsb);
+                        let bp = self.x.b.offset(p as isize * self.x.rsb);
                         // B's rows are a stride apart (4 KiB for N = 1024):
                         // ask for row p + PF's two lines now, or the loads
                         // wait on L3 (a weight is read once per step).
-                        let ahead = bp.wrapping_offset(PF * self.rsb);
+                        let ahead = bp.wrapping_offset(PF * self.x.rsb);
                         _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
                         _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16).cast());
                         for &panel in &self.prefetch_panels[..self.prefetches] {
@@ -268,9 +287,9 @@ mod x86 {
                         }
                         let b0 = _mm512_maskz_loadu_ps(self.m0, bp);
                         let b1 = _mm512_maskz_loadu_ps(self.m1, bp.add(16));
-                        let ap = self.a.offset(p as isize * self.csa);
+                        let ap = self.x.a.offset(p as isize * self.x.csa);
                         for r in 0..R {
-                            let av = _mm512_set1_ps(*ap.offset(r as isize * self.rsa));
+                            let av = _mm512_set1_ps(*ap.offset(r as isize * self.x.rsa));
                             acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
                             acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
                         }
@@ -281,7 +300,7 @@ mod x86 {
                 for r in 0..R {
                     // SAFETY: row r of the tile, masked to its columns.
                     unsafe {
-                        let cp = self.c.offset(r as isize * self.rsc);
+                        let cp = self.x.c.offset(r as isize * self.x.rsc);
                         let (mut c0, mut c1) = (acc0[r], acc1[r]);
                         if !(overwrite && k0 == 0) {
                             c0 = _mm512_add_ps(_mm512_maskz_loadu_ps(self.m0, cp), c0);

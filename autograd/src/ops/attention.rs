@@ -102,25 +102,12 @@ struct Head<'a, T: Float> {
 /// probabilities in place: row-wise `P = exp(S - lse)` with `lse` given, or
 /// computed (and written to `lse_out`) when `lse_in` is `None`. A fully
 /// masked row has `lse = -inf` and P = 0.
-fn head_probs<T: Float>(
-    s: &mut [T],
-    tk: usize,
-    scale: T,
-    head: Head<'_, T>,
-    lse_in: Option<&[T]>,
-    lse_out: &mut [T],
-) {
-    // With AVX2 when the CPU has it: the scaling and exp loops run twice
-    // as wide, with the same operations in the same order (`crate::wide`).
-    crate::wide(
-        #[inline(always)]
-        || head_probs_rows(s, tk, scale, head, lse_in, lse_out),
-    )
-}
-
-/// [`head_probs`]' loop (inlined into the AVX2 or the baseline caller).
+///
+/// Inlined into its callers, which run it under [`crate::wide`]: with AVX2
+/// when the CPU has it, the scaling and exp loops run twice as wide, with
+/// the same operations in the same order.
 #[inline(always)]
-fn head_probs_rows<T: Float>(
+fn head_probs<T: Float>(
     s: &mut [T],
     tk: usize,
     scale: T,
@@ -276,7 +263,10 @@ impl<'t, T: Float> Var<'t, T> {
                     bias: bias_view.as_ref(),
                     mask: mask.as_ref(),
                 };
-                head_probs(&mut s, tk, scale, head, None, lse_h);
+                crate::wide(
+                    #[inline(always)]
+                    || head_probs(&mut s, tk, scale, head, None, lse_h),
+                );
                 // SAFETY: head (bi, h) owns columns h*Dk..(h+1)*Dk of batch bi's
                 // rows of `out`; no other task writes there.
                 unsafe {
@@ -324,7 +314,10 @@ impl<'t, T: Float> Var<'t, T> {
                         bias: bias_view.as_ref(),
                         mask: mask.as_ref(),
                     };
-                    head_probs(&mut p, tk, scale, head, Some(lse_h), &mut unused);
+                    crate::wide(
+                        #[inline(always)]
+                        || head_probs(&mut p, tk, scale, head, Some(lse_h), &mut unused),
+                    );
                     // SAFETY (all writes below): head (bi, h) owns its
                     // column block of batch bi's rows in dQ, dK and dV, and
                     // its (Tq, Tk) block of the bias gradient.
