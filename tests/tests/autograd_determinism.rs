@@ -73,6 +73,16 @@ fn matmul_2d_is_thread_independent() {
     assert_thread_independent("matmul tall, odd sizes", || {
         matmul_and_grads(&o1, &o2, false)
     });
+    // Few rows (decoding's one position per hypothesis): the unpacked
+    // kernel on AVX-512 machines, split by columns across threads; B in
+    // place and B transposed (copied row-major first).
+    let (s1, s2, s2t) = (
+        Tensor::randn(&[32, 256], 0.0, 1.0, 16),
+        Tensor::randn(&[256, 1001], 0.0, 1.0, 17),
+        Tensor::randn(&[1001, 256], 0.0, 1.0, 18),
+    );
+    assert_thread_independent("matmul few rows", || matmul_and_grads(&s1, &s2, false));
+    assert_thread_independent("matmul_t few rows", || matmul_and_grads(&s1, &s2t, true));
 }
 
 #[test]
