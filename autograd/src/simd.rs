@@ -5,9 +5,12 @@
 //! binary runs on every x86-64 machine. A hot loop the compiler can
 //! vectorise then uses 4-lane SSE registers even where the CPU has 8-lane
 //! AVX2 ones. [`wide`] runs a closure inside a function compiled with
-//! AVX2 and FMA enabled when the CPU has them: the compiler inlines the
-//! closure (a closure called once is always inlined) and vectorises it
-//! twice as wide.
+//! AVX2 and FMA enabled when the CPU has them, and the compiler vectorises
+//! the closure's loops twice as wide once it is inlined there. Mark the
+//! closure `#[inline(always)]` (and what it calls `#[inline]`): `wide`
+//! calls it from two places, so the compiler may otherwise keep it a
+//! separate, baseline-compiled function (the cached attention's closure
+//! was, until marked; `perf annotate` showed SSE code).
 //!
 //! **The result does not change.** Enabling instructions does not license
 //! the compiler to reorder or fuse float operations: Rust never contracts
@@ -16,12 +19,16 @@
 //! (`wide_gives_the_same_bits` below; the cached attention of `transformer`
 //! is checked the same way).
 
-/// `f()`, compiled for AVX2 + FMA when the CPU has them (else as is).
+/// `f()`, compiled for AVX2 + FMA when the CPU has them (else as is);
+/// mark `f` `#[inline(always)]` (see the module notes).
 ///
 /// ```
 /// let x: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5).collect();
 /// let plain: Vec<f32> = x.iter().map(|v| v * 3.0 + 1.0).collect();
-/// let wide: Vec<f32> = autograd::wide(|| x.iter().map(|v| v * 3.0 + 1.0).collect());
+/// let wide: Vec<f32> = autograd::wide(
+///     #[inline(always)]
+///     || x.iter().map(|v| v * 3.0 + 1.0).collect(),
+/// );
 /// assert_eq!(plain, wide);
 /// ```
 #[inline]

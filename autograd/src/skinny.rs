@@ -69,80 +69,27 @@ pub(crate) unsafe fn sgemm(
         && csc == 1
         && avx512()
     {
-        if csb == 1 {
-            // SAFETY: AVX-512F is present; the rest is the caller's contract.
-            unsafe {
-                x86::sgemm(
-                    m,
-                    k,
-                    n,
-                    x86::Mats {
-                        a,
-                        rsa,
-                        csa,
-                        b,
-                        rsb,
-                        c,
-                        rsc,
-                    },
-                    beta == 0.0,
-                )
-            };
-        } else {
-            // B's rows are not contiguous (a transposed operand: attention's
-            // Q K^T, a tied embedding's x E^T): copy B row-major first,
-            // as matrixmultiply's packing would, but only B.
-            PACKED_B.with_borrow_mut(|buf| {
-                // SAFETY: B is a valid k x n matrix (the caller's contract).
-                unsafe { pack_rows(k, n, b, rsb, csb, buf) };
-                // SAFETY: as above, with B now the contiguous copy.
-                let (b, rsb) = (buf.as_ptr(), n as isize);
-                let mats = x86::Mats {
-                    a,
-                    rsa,
-                    csa,
-                    b,
-                    rsb,
-                    c,
-                    rsc,
-                };
-                unsafe { x86::sgemm(m, k, n, mats, beta == 0.0) };
-            });
-        }
+        let mats = x86::Mats {
+            a,
+            rsa,
+            csa,
+            b,
+            rsb,
+            c,
+            rsc,
+        };
+        // SAFETY: AVX-512F is present; the rest is the caller's contract.
+        unsafe {
+            if csb == 1 {
+                x86::sgemm(m, k, n, mats, beta == 0.0)
+            } else {
+                x86::sgemm_copying_b(m, k, n, mats, csb, beta == 0.0)
+            }
+        };
         return;
     }
     // SAFETY: forwarded contract.
     unsafe { matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
-}
-
-thread_local! {
-    /// The row-major copy of a B without unit column stride (per thread:
-    /// the blocks of one product run on different rayon threads).
-    static PACKED_B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Copies the (k, n) matrix at `b` (strides `rsb`, `csb`) into `buf`,
-/// row-major. Sixteen columns at a time, so that the writes are
-/// contiguous and the reads run along sixteen streams.
-///
-/// # Safety
-/// `b` and its strides must describe a valid k x n matrix.
-unsafe fn pack_rows(k: usize, n: usize, b: *const f32, rsb: isize, csb: isize, buf: &mut Vec<f32>) {
-    // Every element is written below: grow without re-zeroing what is
-    // there (a tied vocabulary projection's B is 1 MB, every step).
-    if buf.len() < k * n {
-        buf.resize(k * n, 0.0);
-    }
-    for j0 in (0..n).step_by(16) {
-        let j1 = (j0 + 16).min(n);
-        for p in 0..k {
-            let row = &mut buf[p * n + j0..p * n + j1];
-            for (j, x) in (j0..j1).zip(row) {
-                // SAFETY: (p, j) is inside the k x n matrix.
-                *x = unsafe { *b.offset(p as isize * rsb + j as isize * csb) };
-            }
-        }
-    }
 }
 
 /// True where the unpacked path runs (AVX-512F at run time; std caches the
@@ -152,8 +99,9 @@ pub(crate) fn avx512() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
 }
 
-/// True where the unpacked path runs.
+/// True where the unpacked path runs (never off x86-64; the tests ask).
 #[cfg(not(target_arch = "x86_64"))]
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn avx512() -> bool {
     false
 }
@@ -233,6 +181,73 @@ mod x86 {
             }
             j0 += w;
         }
+    }
+
+    thread_local! {
+        /// The row-major copy of a B without unit column stride (per thread:
+        /// the blocks of one product run on different rayon threads).
+        static PACKED_B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// Copies the (k, n) matrix at `b` (strides `rsb`, `csb`) into `buf`,
+    /// row-major. Sixteen columns at a time, so that the writes are
+    /// contiguous and the reads run along sixteen streams.
+    ///
+    /// # Safety
+    /// `b` and its strides must describe a valid k x n matrix.
+    unsafe fn pack_rows(
+        k: usize,
+        n: usize,
+        b: *const f32,
+        rsb: isize,
+        csb: isize,
+        buf: &mut Vec<f32>,
+    ) {
+        // Every element is written below: grow without re-zeroing what is
+        // there (a tied vocabulary projection's B is 1 MB, every step).
+        if buf.len() < k * n {
+            buf.resize(k * n, 0.0);
+        }
+        for j0 in (0..n).step_by(16) {
+            let j1 = (j0 + 16).min(n);
+            for p in 0..k {
+                let row = &mut buf[p * n + j0..p * n + j1];
+                for (j, x) in (j0..j1).zip(row) {
+                    // SAFETY: (p, j) is inside the k x n matrix.
+                    *x = unsafe { *b.offset(p as isize * rsb + j as isize * csb) };
+                }
+            }
+        }
+    }
+
+    /// [`sgemm`] for a B whose rows are not contiguous (a transposed
+    /// operand: attention's `Q K^T`): B is copied row-major first, as
+    /// matrixmultiply's packing would, but only B.
+    ///
+    /// # Safety
+    /// As [`sgemm`], with B's column stride `csb`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn sgemm_copying_b(
+        m: usize,
+        k: usize,
+        n: usize,
+        x: Mats,
+        csb: isize,
+        overwrite: bool,
+    ) {
+        PACKED_B.with_borrow_mut(|buf| {
+            // SAFETY: B is a valid k x n matrix (the caller's contract);
+            // then the product reads the contiguous copy instead.
+            unsafe {
+                pack_rows(k, n, x.b, x.rsb, csb, buf);
+                let copy = Mats {
+                    b: buf.as_ptr(),
+                    rsb: n as isize,
+                    ..x
+                };
+                sgemm(m, k, n, copy, overwrite)
+            }
+        })
     }
 
     /// The first `w` of 16 lanes.

@@ -39,10 +39,11 @@ pub struct DecodeState<T: Float = f32> {
     src_rows: Vec<usize>,
     /// Row -> the tokens fed so far (for the target padding mask).
     fed: Vec<Vec<usize>>,
-    /// A tied output projection's E^T (D, V), laid out once per search:
-    /// `x E^T` through the strided view copied E^T every step (1 MB for
-    /// W5's vocabulary), for the same products (every element is the
-    /// same multiply-add chain either way, so the same logits).
+    /// A tied output projection's E^T (D, V), laid out once per search
+    /// (`None` with a separate generator). Through the strided view, the
+    /// product copied E^T row-major at every step (1 MB for W5's
+    /// vocabulary); the logits are the same either way (every element is
+    /// the same multiply-add chain).
     tied_t: Option<Tensor<T>>,
 }
 
@@ -222,7 +223,7 @@ impl<T: Float> Transformer<T> {
         let logits = match (&self.generator, &state.tied_t) {
             (Some(g), _) => g.forward(&ctx, x),
             (None, Some(et)) => x.linear(tape.constant(et.clone()), None), // x E^T
-            (None, None) => emb.project(&ctx, x),
+            (None, None) => unreachable!("start_decoding lays E^T out for a tied projection"),
         }; // (R, 1, V)
         logits.value().reshape(&[r, self.config.tgt_vocab])
     }
